@@ -1,0 +1,3 @@
+//! The crash-injection suite: harness code shared by the tests in `tests/tests/`.
+//!
+//! The tests here use only the public APIs of the other crates and the `ember` binary.
