@@ -3,3 +3,5 @@
 //! Not built yet: this crate is the subject of the engine issue. It also holds the
 //! `ember` command-line tool (`src/bin/ember/`). See ARCHITECTURE.md.
 #![forbid(unsafe_code)]
+
+pub mod workload;
