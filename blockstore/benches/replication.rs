@@ -1,0 +1,2 @@
+//! Placeholder, replaced by the replication benchmark.
+fn main() {}
