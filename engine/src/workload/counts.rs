@@ -86,7 +86,7 @@ impl ExpectedCounts {
     }
 
     /// Writes `word\tcount\n` lines, sorted by word: the format of the expected-counts files.
-    pub fn write_tsv(&self, out: &mut impl Write) -> io::Result<()> {
+    pub fn write_tsv<W: Write + ?Sized>(&self, out: &mut W) -> io::Result<()> {
         let mut line = Vec::with_capacity(32);
         for (word, count) in self.iter() {
             line.clear();

@@ -11,6 +11,8 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
+mod r#gen;
+
 /// Ember: a stream-processing engine that does not lose data.
 #[derive(Debug, Parser)]
 #[command(name = "ember", version, about, propagate_version = true)]
@@ -20,7 +22,9 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    Gen(r#gen::Args),
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -39,5 +43,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cli::command().print_help()?;
         return Ok(ExitCode::from(2));
     };
-    match command {}
+    match command {
+        Command::Gen(args) => r#gen::run(args),
+    }
 }
