@@ -1,0 +1,347 @@
+//! Shared test harness: the storage backends every suite runs against, seeds, and helpers.
+#![allow(dead_code, clippy::unwrap_used)]
+
+pub mod scenarios;
+
+use std::io;
+use std::sync::Arc;
+
+use wal::fs::{Dir, LocalDir, SimDir};
+use wal::store::{DirSegmentStore, SegmentStore};
+use wal::{Config, Lsn, SegmentId, SyncPolicy, Wal};
+
+/// A storage backend under test. Every suite runs once per backend.
+pub trait Backend: Send + Sync {
+    /// Short name for messages.
+    fn name(&self) -> &'static str;
+    /// The directory the log lives in.
+    fn dir(&self) -> Arc<dyn Dir>;
+    /// The simulated page cache, if this backend can simulate a power loss.
+    fn sim(&self) -> Option<&SimDir>;
+
+    /// A fresh store over the same directory (as a restarted process would make).
+    fn store(&self) -> Arc<dyn SegmentStore> {
+        Arc::new(DirSegmentStore::new(self.dir()))
+    }
+
+    fn open(&self, config: Config) -> wal::Result<Wal> {
+        Wal::open(self.store(), config)
+    }
+
+    /// Segment file names, oldest first.
+    fn segments(&self) -> Vec<String> {
+        let mut names: Vec<_> = self
+            .dir()
+            .list()
+            .unwrap()
+            .into_iter()
+            .filter(|n| DirSegmentStore::parse_file_name(n).is_some())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn contents(&self, name: &str) -> Vec<u8> {
+        wal::fs::read_all(self.dir().as_ref(), name).unwrap()
+    }
+
+    /// Media corruption: XOR `mask` into one byte, durably.
+    fn corrupt(&self, name: &str, offset: u64, mask: u8);
+
+    /// Appends raw bytes to a file and syncs them (a write the log did not make).
+    fn append_raw(&self, name: &str, bytes: &[u8]) {
+        let dir = self.dir();
+        let mut file = match dir.open_append(name) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => dir.create_new(name).unwrap(),
+            Err(e) => panic!("{e}"),
+        };
+        file.write_all(bytes).unwrap();
+        file.sync_data().unwrap();
+        dir.sync_dir().unwrap();
+    }
+
+    /// Cuts a file to `len` bytes, durably.
+    fn truncate_raw(&self, name: &str, len: u64) {
+        let mut file = self.dir().open_append(name).unwrap();
+        file.set_len(len).unwrap();
+        file.sync_data().unwrap();
+    }
+
+    /// Removes a file, durably.
+    fn remove_raw(&self, name: &str) {
+        self.dir().remove(name).unwrap();
+        self.dir().sync_dir().unwrap();
+    }
+
+    /// Writes a whole file, durably.
+    fn write_raw(&self, name: &str, bytes: &[u8]) {
+        let dir = self.dir();
+        let mut file = dir.create_new(name).unwrap();
+        file.write_all(bytes).unwrap();
+        file.sync_data().unwrap();
+        dir.sync_dir().unwrap();
+    }
+}
+
+pub struct Local {
+    _tmp: tempfile::TempDir,
+    dir: Arc<LocalDir>,
+}
+
+impl Local {
+    pub fn new() -> Local {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Arc::new(LocalDir::open(tmp.path()).unwrap());
+        Local { _tmp: tmp, dir }
+    }
+}
+
+impl Backend for Local {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+    fn dir(&self) -> Arc<dyn Dir> {
+        self.dir.clone()
+    }
+    fn sim(&self) -> Option<&SimDir> {
+        None
+    }
+    fn corrupt(&self, name: &str, offset: u64, mask: u8) {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.dir.path().join(name))
+            .unwrap();
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, offset).unwrap();
+        byte[0] ^= mask;
+        file.write_all_at(&byte, offset).unwrap();
+        file.sync_data().unwrap();
+    }
+}
+
+pub struct Sim {
+    pub sim: SimDir,
+}
+
+impl Sim {
+    pub fn new() -> Sim {
+        Sim { sim: SimDir::new() }
+    }
+}
+
+impl Backend for Sim {
+    fn name(&self) -> &'static str {
+        "sim"
+    }
+    fn dir(&self) -> Arc<dyn Dir> {
+        // A handle for the process running now: one made before a crash is dead after it.
+        Arc::new(self.sim.handle())
+    }
+    fn sim(&self) -> Option<&SimDir> {
+        Some(&self.sim)
+    }
+    fn corrupt(&self, name: &str, offset: u64, mask: u8) {
+        self.sim.corrupt(name, offset, mask).unwrap();
+    }
+}
+
+/// The canary's store: the simulated page cache behind a `Dir` whose `sync_data` and
+/// `sync_dir` do nothing. A log on it acknowledges records that a power loss then takes
+/// away, so the crash suite must fail on it.
+pub struct SkipSync {
+    pub sim: SimDir,
+}
+
+impl Backend for SkipSync {
+    fn name(&self) -> &'static str {
+        "sim-without-fsync"
+    }
+    fn dir(&self) -> Arc<dyn Dir> {
+        Arc::new(NoSyncDir(self.sim.handle()))
+    }
+    fn sim(&self) -> Option<&SimDir> {
+        Some(&self.sim)
+    }
+    fn corrupt(&self, name: &str, offset: u64, mask: u8) {
+        self.sim.corrupt(name, offset, mask).unwrap();
+    }
+}
+
+#[derive(Debug)]
+struct NoSyncDir(SimDir);
+
+#[derive(Debug)]
+struct NoSyncFile(Box<dyn wal::fs::DirFile>);
+
+impl wal::fs::DirFile for NoSyncFile {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.0.write_all(buf)
+    }
+    fn sync_data(&mut self) -> io::Result<()> {
+        Ok(()) // the bug the canary plants
+    }
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn size_bytes(&self) -> io::Result<u64> {
+        self.0.size_bytes()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read_at(offset, buf)
+    }
+}
+
+impl Dir for NoSyncDir {
+    fn list(&self) -> io::Result<Vec<String>> {
+        self.0.list()
+    }
+    fn create_new(&self, name: &str) -> io::Result<Box<dyn wal::fs::DirFile>> {
+        Ok(Box::new(NoSyncFile(self.0.create_new(name)?)))
+    }
+    fn open_append(&self, name: &str) -> io::Result<Box<dyn wal::fs::DirFile>> {
+        Ok(Box::new(NoSyncFile(self.0.open_append(name)?)))
+    }
+    fn open_read(&self, name: &str) -> io::Result<Box<dyn wal::fs::DirFile>> {
+        self.0.open_read(name)
+    }
+    fn read_immutable(&self, name: &str) -> io::Result<bytes::Bytes> {
+        self.0.read_immutable(name)
+    }
+    fn size_bytes(&self, name: &str) -> io::Result<u64> {
+        self.0.size_bytes(name)
+    }
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        self.0.rename(from, to)
+    }
+    fn remove(&self, name: &str) -> io::Result<()> {
+        self.0.remove(name)
+    }
+    fn sync_dir(&self) -> io::Result<()> {
+        Ok(()) // the bug the canary plants
+    }
+    fn lock(&self, name: &str) -> io::Result<wal::fs::DirLock> {
+        self.0.lock(name)
+    }
+    fn path_of(&self, name: &str) -> std::path::PathBuf {
+        self.0.path_of(name)
+    }
+    fn root(&self) -> std::path::PathBuf {
+        self.0.root()
+    }
+}
+
+/// The seed for a seeded test: `WAL_TEST_SEED` if set, else `default`.
+pub fn seed(default: u64) -> u64 {
+    match std::env::var("WAL_TEST_SEED") {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("WAL_TEST_SEED={v:?} is not a u64")),
+        Err(_) => default,
+    }
+}
+
+/// How to re-run one seeded test, for failure messages.
+pub fn rerun(test_file: &str, test: &str, seed: u64) -> String {
+    format!(
+        "seed {seed}; re-run with: WAL_TEST_SEED={seed} cargo test -p wal --test {test_file} {test} -- --exact"
+    )
+}
+
+/// A config with small segments, so tests cross many segment boundaries.
+pub fn small_segments(sync_policy: SyncPolicy) -> Config {
+    Config {
+        segment_size_max_bytes: 1024,
+        record_size_max_bytes: 512,
+        sync_policy,
+        index_interval_bytes: 64,
+        append_bytes_in_flight_max: 1 << 20,
+        ..Config::default()
+    }
+}
+
+/// The deterministic payload of record number `n` of a writer `w`: its length varies, and
+/// its bytes say who wrote it, so a misplaced record is caught.
+pub fn payload(w: u64, n: u64, len_max: usize) -> Vec<u8> {
+    let len = ((w * 7919 + n * 104_729) % (len_max as u64 + 1)) as usize;
+    let mut out = Vec::with_capacity(len);
+    let mut x = w.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ n;
+    for _ in 0..len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.push(x as u8);
+    }
+    out
+}
+
+/// Every record of the log, in order, checking Lsns are dense.
+pub fn read_all(wal: &Wal) -> Vec<(Lsn, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut expected: Option<Lsn> = None;
+    for item in wal.iter_from(Lsn::FIRST).unwrap() {
+        let (lsn, bytes) = item.unwrap();
+        if let Some(e) = expected {
+            assert_eq!(lsn, e, "iterator skipped or repeated an Lsn");
+        }
+        expected = Some(lsn.next());
+        out.push((lsn, bytes.to_vec()));
+    }
+    out
+}
+
+/// Asserts two record lists are equal, with a short message (counts and the first
+/// difference) instead of dumping every byte.
+#[track_caller]
+pub fn assert_records(got: &[(Lsn, Vec<u8>)], want: &[(Lsn, Vec<u8>)], context: &str) {
+    if got == want {
+        return;
+    }
+    let first_diff = got
+        .iter()
+        .zip(want)
+        .position(|(g, w)| g != w)
+        .unwrap_or(got.len().min(want.len()));
+    let describe = |r: Option<&(Lsn, Vec<u8>)>| {
+        r.map_or("nothing".to_owned(), |(lsn, bytes)| {
+            format!("Lsn {lsn} ({} bytes)", bytes.len())
+        })
+    };
+    panic!(
+        "records differ: got {} records, want {}; first difference at index {first_diff}: got {}, want {}; {context}",
+        got.len(),
+        want.len(),
+        describe(got.get(first_diff)),
+        describe(want.get(first_diff)),
+    );
+}
+
+/// The segment file name for an id.
+pub fn segment_name(id: u64) -> String {
+    DirSegmentStore::file_name(SegmentId::new(id))
+}
+
+/// Runs a test body once per backend, naming the backend on failure.
+#[macro_export]
+macro_rules! for_each_backend {
+    ($($test:ident),* $(,)?) => {
+        mod local {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test(&$crate::common::Local::new());
+                }
+            )*
+        }
+        mod sim {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test(&$crate::common::Sim::new());
+                }
+            )*
+        }
+    };
+}
