@@ -186,6 +186,7 @@ impl Wal {
     /// Opens (creating if needed) a log in a local directory. The directory is created
     /// with its missing parents, durably.
     pub fn open_dir(path: impl AsRef<Path>, config: Config) -> Result<Wal> {
+        config.validate()?;
         let path = path.as_ref();
         let dir = LocalDir::create(path)
             .map_err(|e| Error::io("open WAL directory", path.display().to_string(), e))?;

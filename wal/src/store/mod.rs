@@ -65,7 +65,7 @@ use bytes::Bytes;
 
 use crate::lsn::SegmentId;
 
-pub use dir::DirSegmentStore;
+pub use dir::{DirSegmentStore, LOCK_FILE_NAME};
 
 /// Storage for the segments of one log. See the module docs for the contract.
 pub trait SegmentStore: Send + Sync + fmt::Debug {

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 mod r#gen;
+mod wal;
 
 /// Ember: a stream-processing engine that does not lose data.
 #[derive(Debug, Parser)]
@@ -24,6 +25,11 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Gen(r#gen::Args),
+    /// Inspect, verify or dump a write-ahead log, or run its crash-and-recover demo.
+    Wal(wal::Args),
+    /// The main demo. For now: write a WAL in a child process, kill -9 it, recover, and
+    /// check that nothing acknowledged was lost (same as `ember wal demo`).
+    Demo(wal::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,5 +51,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match command {
         Command::Gen(args) => r#gen::run(args),
+        Command::Wal(args) => wal::run(args),
+        Command::Demo(args) => wal::demo(args),
     }
 }
