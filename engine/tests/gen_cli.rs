@@ -6,6 +6,7 @@ use std::io::Read;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use engine::workload::process::GeneratorProcess;
 use engine::workload::{Workload, WorkloadSpec};
@@ -49,7 +50,7 @@ fn serves_the_reference_lines_and_reports_the_baselines_stats() {
         if stream {
             command.arg("--stream");
         }
-        let generator = GeneratorProcess::spawn(command).unwrap();
+        let generator = GeneratorProcess::spawn(command, Duration::from_secs(60)).unwrap();
         let ready = generator.ready().clone();
         assert_ne!(ready.addr.port(), 0);
         assert_eq!((ready.lines, ready.words), (1000, 10));
@@ -147,9 +148,49 @@ fn a_port_in_use_is_an_error_naming_the_address() {
 fn a_generator_that_dies_before_ready_is_reported() {
     let mut command = ember();
     command.args(["gen", "--lines", "10", "--vocab", "0", "--port", "0"]);
-    let err = GeneratorProcess::spawn(command).unwrap_err();
+    let err = GeneratorProcess::spawn(command, Duration::from_secs(60)).unwrap_err();
     assert!(
         err.to_string().contains("exited before printing READY"),
         "{err}"
     );
+}
+
+#[test]
+fn a_generator_that_is_not_ready_in_time_is_killed() {
+    // Pre-generating 300 M lines takes far longer than the timeout.
+    let mut command = ember();
+    command.args([
+        "gen",
+        "--lines",
+        "300000000",
+        "--port",
+        "0",
+        "--threads",
+        "1",
+    ]);
+    let started = Instant::now();
+    let err = GeneratorProcess::spawn(command, Duration::from_millis(300)).unwrap_err();
+    assert!(err.to_string().contains("no READY line within"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn wait_reports_a_generator_killed_while_serving() {
+    let mut command = ember();
+    command.args(["gen", "--lines", "10", "--port", "0"]);
+    let generator = GeneratorProcess::spawn(command, Duration::from_secs(60)).unwrap();
+    let pid = generator.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let err = generator.wait().unwrap_err();
+    assert!(
+        err.to_string().contains("exited before printing GENSTATS"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("SIGKILL"), "{err}");
 }

@@ -204,15 +204,14 @@ pub struct LineServer {
 }
 
 impl LineServer {
-    /// Prepares the lines (pre-generating them if the mode says so), then listens on
-    /// `config.addr`. `precompute` is time already spent on the caller's side (building the
-    /// [`Workload`], say), added to the reported preparation time.
+    /// Listens on `config.addr`, then prepares the lines (pre-generating them if the mode
+    /// says so). Listening first makes a bad or taken address fail at once, not after
+    /// minutes of pre-generation; a client that connects early waits in the listen backlog
+    /// and is accepted (and timed) by [`serve_one`](Self::serve_one). `precompute` is time
+    /// already spent on the caller's side (building the [`Workload`], say), added to the
+    /// reported preparation time.
     pub fn bind(workload: &Workload, config: ServeConfig, precompute: Duration) -> Result<Self> {
         let start = Instant::now();
-        let lines = match config.mode {
-            DataMode::Pregenerate(stream) => Lines::Pregenerated(workload.pregenerate(stream)),
-            DataMode::Stream(stream) => Lines::Stream(stream),
-        };
         let listener = TcpListener::bind(config.addr).map_err(|source| Error::Bind {
             addr: config.addr,
             source,
@@ -221,6 +220,10 @@ impl LineServer {
             addr: config.addr,
             source,
         })?;
+        let lines = match config.mode {
+            DataMode::Pregenerate(stream) => Lines::Pregenerated(workload.pregenerate(stream)),
+            DataMode::Stream(stream) => Lines::Stream(stream),
+        };
         Ok(Self {
             workload: workload.clone(),
             listener,
