@@ -83,7 +83,7 @@
 //! in the wrong segment or position (a misdirected write, a copied file) fails it. Records
 //! never span segments; a segment holds at most [`Config::segment_size_max_bytes`] bytes.
 //! There is no padding and no trailer: a segment ends after its last record. The layout is
-//! pinned by golden-bytes tests in [`format`]; changing it means a new `format_version`.
+//! pinned by golden-bytes tests in [`mod@format`]; changing it means a new `format_version`.
 //!
 //! # Recovery
 //!
