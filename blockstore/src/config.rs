@@ -52,6 +52,12 @@ pub struct Config {
     pub server_idle_timeout_ms: u64,
     /// How long the rest of a frame may take once its header arrived (on both sides).
     pub frame_read_timeout_ms: u64,
+    /// How long a server waits for space when its memory and disk are full, before it
+    /// refuses a replica with a `store full` error (the driver then tries another peer).
+    /// Kept short: a server handles a connection's requests in order, so a waiting put
+    /// holds up everything behind it on that connection, heartbeats included. Must be
+    /// below `heartbeat_timeout_ms`.
+    pub server_put_wait_max_ms: u64,
 
     // --- client (ReplicatedStore) --------------------------------------------------------
     /// Peer replicas a put needs besides the local copy before it succeeds. Spark's
@@ -99,6 +105,7 @@ impl Default for Config {
             handshake_timeout_ms: 2_000,
             server_idle_timeout_ms: 30_000,
             frame_read_timeout_ms: 10_000,
+            server_put_wait_max_ms: 100,
             peer_replicas: 1,
             peer_puts_in_flight_max: 8,
             peer_put_timeout_ms: 5_000,
@@ -187,6 +194,13 @@ impl Config {
             return bad(
                 "reconnect_backoff_initial_ms",
                 "must not exceed `reconnect_backoff_max_ms`",
+            );
+        }
+        if self.server_put_wait_max_ms >= self.heartbeat_timeout_ms {
+            return bad(
+                "server_put_wait_max_ms",
+                "must be below `heartbeat_timeout_ms`, or a put waiting for space would make \
+                 clients drop a healthy connection",
             );
         }
         if self.server_idle_timeout_ms <= self.heartbeat_interval_ms {

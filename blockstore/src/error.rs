@@ -58,12 +58,13 @@ pub enum Error {
         setting: &'static str,
     },
 
-    /// Memory and disk were both full for longer than `put_wait_max_ms`.
+    /// Memory and disk were both full for longer than the put may wait
+    /// (`put_wait_max_ms`, or `server_put_wait_max_ms` on a server).
     #[error(
         "block {block} ({len_bytes} bytes) does not fit: memory {memory_used_bytes} of \
          {memory_max_bytes} bytes used (`memory_max_bytes`), disk {disk_used_bytes} of \
          {disk_max_bytes} bytes used (`disk_max_bytes`); waited {waited_ms} ms for space \
-         (`put_wait_max_ms`)"
+         (`{wait_setting}`)"
     )]
     StoreFull {
         /// The block that did not fit.
@@ -80,6 +81,8 @@ pub enum Error {
         disk_max_bytes: u64,
         /// How long the put waited.
         waited_ms: u64,
+        /// The setting that bounds the wait.
+        wait_setting: &'static str,
     },
 
     /// A different block is already stored under this id: the caller broke the uniqueness
@@ -286,16 +289,20 @@ impl fmt::Display for PeerFailures {
             if i > 0 {
                 write!(f, "; ")?;
             }
-            match &failure.outcome {
-                PeerOutcome::NotFound => write!(f, "{}: not found", failure.peer)?,
-                // Errors about a peer already name it; avoid "peer a: peer a: ...".
-                PeerOutcome::Failed(err) if err.to_string().contains(&failure.peer) => {
-                    write!(f, "{err}")?
-                }
-                PeerOutcome::Failed(err) => write!(f, "{}: {err}", failure.peer)?,
-            }
+            write!(f, "{failure}")?;
         }
         Ok(())
+    }
+}
+
+impl fmt::Display for PeerFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.outcome {
+            PeerOutcome::NotFound => write!(f, "{}: not found", self.peer),
+            // Errors about a peer already name it; avoid "peer a: peer a: ...".
+            PeerOutcome::Failed(err) if err.to_string().contains(&self.peer) => write!(f, "{err}"),
+            PeerOutcome::Failed(err) => write!(f, "{}: {err}", self.peer),
+        }
     }
 }
 

@@ -75,7 +75,7 @@
 //! | peer slow or stopped | its put times out after `peer_put_timeout_ms`; the connection is closed (so no work piles up behind it) and another peer is tried; heartbeats (`heartbeat_timeout_ms`) mark a stopped peer down even without puts | nothing, as above |
 //! | too few peers reachable | [`Error::InsufficientReplicas`], naming every peer tried and why it failed; the block is removed again where this put stored it | do **not** acknowledge; keep the data, retry the put later (idempotent: same id, same bytes) |
 //! | local memory and disk full | [`Error::StoreFull`] after `put_wait_max_ms`, with the usage and the limits | do not acknowledge; slow down (backpressure); retry after blocks were removed |
-//! | a peer's memory and disk full | [`Error::PeerError`] with [`ErrorCode::StoreFull`] from that peer; another peer is tried | as for the rows above |
+//! | a peer's memory and disk full | the peer waits at most `server_put_wait_max_ms`, then answers [`Error::PeerError`] with [`ErrorCode::StoreFull`]; another peer is tried | as for the rows above |
 //! | block larger than the limits | [`Error::BlockTooLarge`] naming the setting | a bug or misconfiguration: make blocks smaller or raise the limit |
 //! | same id, different bytes | [`Error::BlockConflict`] | a bug: block ids must be unique across driver restarts |
 //! | corrupt frame received (either side) | the decoder returns [`Error::CorruptFrame`] with the byte offset; the frame is dropped, nothing of it is stored, an error frame is sent when possible, the connection is closed and counted; clients reconnect | nothing: the put is retried on another peer |

@@ -180,6 +180,19 @@ impl BlockManager {
     /// [`BlockManager::put_verified`], also saying whether this call stored the block
     /// (`false` when it was already there).
     pub(crate) async fn put_verified_new(&self, block: Block) -> Result<(Tier, bool)> {
+        let wait = self.inner.put_wait_max;
+        self.put_verified_within(block, wait, "put_wait_max_ms")
+            .await
+    }
+
+    /// [`BlockManager::put_verified_new`] with its own bound on waiting for space (the
+    /// server's, `server_put_wait_max_ms`), named by `wait_setting` in the error.
+    pub(crate) async fn put_verified_within(
+        &self,
+        block: Block,
+        wait: Duration,
+        wait_setting: &'static str,
+    ) -> Result<(Tier, bool)> {
         let inner = &self.inner;
         let len = block.len() as u64;
         let memory_charge = len + BLOCK_MEMORY_OVERHEAD_BYTES;
@@ -200,7 +213,7 @@ impl BlockManager {
             });
         }
         let started = Instant::now();
-        let deadline = started + inner.put_wait_max;
+        let deadline = started + wait;
         loop {
             let notified = inner.changed.notified();
             tokio::pin!(notified);
@@ -283,6 +296,7 @@ impl BlockManager {
                             disk_used_bytes: state.disk_used,
                             disk_max_bytes: inner.disk_max_bytes,
                             waited_ms: now.duration_since(started).as_millis() as u64,
+                            wait_setting,
                         });
                     }
                     let _ = tokio::time::timeout_at(deadline.into(), notified).await;

@@ -42,6 +42,9 @@ pub struct PutReceipt {
     pub local: Tier,
     /// The peers that acknowledged a replica (exactly `peer_replicas` of them).
     pub replicas: Vec<ReplicaInfo>,
+    /// Peers tried first that failed, as `"<peer>: <why>"` (the put failed over to
+    /// others). Empty in the common case; worth a metric.
+    pub failed_over: Vec<String>,
 }
 
 /// One peer replica in a [`PutReceipt`].
@@ -194,6 +197,7 @@ impl ReplicatedStore {
                 block: id,
                 local: local_tier,
                 replicas: Vec::new(),
+                failed_over: Vec::new(),
             });
         }
         let n = inner.peers.len();
@@ -220,7 +224,9 @@ impl ReplicatedStore {
             tracing::info!(block = %id, skipped = %failures, "replicated after failing over");
         }
         inner.record(id, &replicas);
+        let failed_over = failures.0.iter().map(ToString::to_string).collect();
         Ok(PutReceipt {
+            failed_over,
             block: id,
             local: local_tier,
             replicas: stored,

@@ -1,7 +1,10 @@
 //! [`BlockServer`]: what an executor runs. Accepts connections, performs the handshake,
 //! and serves put, get, remove, list and ping requests against a [`BlockManager`].
 //!
-//! Each connection is served by one task, requests in order. A put is acknowledged only
+//! Each connection is served by one task, requests in order (so a client may rely on the
+//! order of its requests' effects). Because of that a put never waits long for space:
+//! at most `server_put_wait_max_ms`, after which it is refused and the driver places the
+//! replica elsewhere; heartbeats behind it are answered in time. A put is acknowledged only
 //! after the block's checksum was verified (by the frame decoder) and the block is in the
 //! manager. A malformed frame is counted, answered with an error frame when possible, and
 //! the connection is closed: after a bad length or checksum the stream cannot be trusted
@@ -463,8 +466,12 @@ async fn handle(message: Message, peer: &str, shared: &Shared) -> Result<Message
             let len = block.len() as u64;
             // The frame decoder verified the data against the block's checksum: this is
             // the "checked when a peer stores it" check.
-            match manager.put_verified(block).await {
-                Ok(tier) => {
+            let wait = Config::duration(shared.config.server_put_wait_max_ms);
+            match manager
+                .put_verified_within(block, wait, "server_put_wait_max_ms")
+                .await
+            {
+                Ok((tier, _)) => {
                     shared
                         .counters
                         .blocks_received

@@ -63,7 +63,7 @@ async fn two_replicas_on_three_peers_are_where_the_receipts_say() {
     servers.remove(0).shutdown().await;
     drop(store);
     let mut all = addrs(&servers);
-    all.insert(0, "127.0.0.1:1".to_owned()); // the dead peer's slot: nothing listens there
+    all.insert(0, common::dead_addr()); // the dead peer's slot
     let fresh = ReplicatedStore::open(driver_config(1), &all).await.unwrap();
     for b in &blocks {
         assert_eq!(&fresh.get(&b.id()).await.unwrap(), b);

@@ -1,3 +1,5 @@
 //! The crash-injection suite: harness code shared by the tests in `tests/tests/`.
 //!
 //! The tests here use only the public APIs of the other crates and the `ember` binary.
+
+pub mod processes;

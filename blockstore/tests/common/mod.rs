@@ -210,6 +210,12 @@ async fn pump(
     let _ = to.shutdown().await;
 }
 
+/// An address nothing listens on: a port the OS just handed out and took back.
+pub fn dead_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
 /// Waits until `check` holds, polling, at most `timeout`.
 pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;

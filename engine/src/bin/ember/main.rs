@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
+mod executor;
 mod r#gen;
 mod wal;
 
@@ -30,6 +31,7 @@ enum Command {
     /// The main demo. For now: write a WAL in a child process, kill -9 it, recover, and
     /// check that nothing acknowledged was lost (same as `ember wal demo`).
     Demo(wal::DemoArgs),
+    Executor(executor::Args),
 }
 
 fn main() -> ExitCode {
@@ -53,5 +55,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Gen(args) => r#gen::run(args),
         Command::Wal(args) => wal::run(args),
         Command::Demo(args) => wal::demo(args),
+        Command::Executor(args) => executor::run(args),
     }
 }
