@@ -1,0 +1,399 @@
+//! Operators on key-value streams: map-side combining, hash partitioning, joins.
+
+use std::sync::Arc;
+
+use hashbrown::hash_map::Entry;
+use rayon::prelude::*;
+
+use super::DStream;
+use super::batch_data::BatchData;
+use super::node::{AnyNode, BatchCx, Compute, Data, Key, NodeCell, NodeInfo};
+use super::pipe::{BlockTask, UnitRunner};
+use crate::block::StreamId;
+use crate::error::{Error, Result};
+use crate::hash::{StableIndexMap, StableState, partition_of_key};
+use crate::time::BatchTime;
+
+type HashMap<K, V> = hashbrown::HashMap<K, V, StableState>;
+type Merge<C> = dyn Fn(C, C) -> C + Send + Sync;
+
+impl<K: Key, V: Data> DStream<(K, V)> {
+    /// Combines the values of each key with `f` (associative and commutative), map-side
+    /// first, into the default number of partitions.
+    ///
+    /// ```
+    /// # fn f(words: engine::DStream<engine::Str>) {
+    /// let counts = words.map(|w| (w, 1u64)).reduce_by_key(|a, b| a + b);
+    /// # }
+    /// ```
+    pub fn reduce_by_key(&self, f: impl Fn(V, V) -> V + Send + Sync + 'static) -> DStream<(K, V)> {
+        self.reduce_by_key_with_partitions(f, self.graph().partitions)
+    }
+
+    /// [`DStream::reduce_by_key`] into `partitions` partitions.
+    pub fn reduce_by_key_with_partitions(
+        &self,
+        f: impl Fn(V, V) -> V + Send + Sync + 'static,
+        partitions: usize,
+    ) -> DStream<(K, V)> {
+        let f = Arc::new(f);
+        let g = Arc::clone(&f);
+        self.combine("reduce_by_key", |v| v, move |c, v| g(c, v), f, partitions)
+    }
+
+    /// Spark's `combineByKey`: `create` makes a combiner from a key's first value in a unit,
+    /// `merge_value` adds a value to it, `merge_combiners` merges two combiners.
+    pub fn combine_by_key<C: Data>(
+        &self,
+        create: impl Fn(V) -> C + Send + Sync + 'static,
+        merge_value: impl Fn(C, V) -> C + Send + Sync + 'static,
+        merge_combiners: impl Fn(C, C) -> C + Send + Sync + 'static,
+    ) -> DStream<(K, C)> {
+        self.combine_by_key_with_partitions(
+            create,
+            merge_value,
+            merge_combiners,
+            self.graph().partitions,
+        )
+    }
+
+    /// [`DStream::combine_by_key`] into `partitions` partitions.
+    pub fn combine_by_key_with_partitions<C: Data>(
+        &self,
+        create: impl Fn(V) -> C + Send + Sync + 'static,
+        merge_value: impl Fn(C, V) -> C + Send + Sync + 'static,
+        merge_combiners: impl Fn(C, C) -> C + Send + Sync + 'static,
+        partitions: usize,
+    ) -> DStream<(K, C)> {
+        self.combine(
+            "combine_by_key",
+            create,
+            merge_value,
+            Arc::new(merge_combiners),
+            partitions,
+        )
+    }
+
+    /// All values of each key, in a deterministic order (unit order, then record order).
+    pub fn group_by_key(&self) -> DStream<(K, Vec<V>)> {
+        self.group_by_key_with_partitions(self.graph().partitions)
+    }
+
+    /// [`DStream::group_by_key`] into `partitions` partitions.
+    pub fn group_by_key_with_partitions(&self, partitions: usize) -> DStream<(K, Vec<V>)> {
+        self.combine(
+            "group_by_key",
+            |v| vec![v],
+            |mut c: Vec<V>, v| {
+                c.push(v);
+                c
+            },
+            Arc::new(|mut a: Vec<V>, b: Vec<V>| {
+                a.extend(b);
+                a
+            }),
+            partitions,
+        )
+    }
+
+    fn combine<C: Data>(
+        &self,
+        kind: &'static str,
+        create: impl Fn(V) -> C + Send + Sync + 'static,
+        merge_value: impl Fn(C, V) -> C + Send + Sync + 'static,
+        merge_combiners: Arc<Merge<C>>,
+        partitions: usize,
+    ) -> DStream<(K, C)> {
+        let partitions = self.checked_partitions(kind, partitions);
+        let id = self
+            .graph()
+            .operator_id(kind, &partitions.to_string(), &[self.lineage()]);
+        let info = NodeInfo {
+            id,
+            kind,
+            slide_ms: self.slide_ms(),
+        };
+        let runner = UnitRunner::new(&self.pipe().branches, info.label(), move |stage, unit| {
+            // The map-side combine: one hash map per unit, split into the partitions' buckets.
+            let mut map: HashMap<K, C> = HashMap::with_hasher(StableState);
+            stage.run(unit, &mut |(k, v): (K, V)| match map.entry(k) {
+                Entry::Occupied(e) => {
+                    e.replace_entry_with(|_, c| Some(merge_value(c, v)));
+                }
+                Entry::Vacant(e) => {
+                    e.insert(create(v));
+                }
+            })?;
+            let mut buckets: Vec<Vec<(K, C)>> = (0..partitions).map(|_| Vec::new()).collect();
+            if partitions == 1 {
+                buckets[0].extend(map);
+            } else {
+                for (k, c) in map {
+                    buckets[partition_of_key(&k, partitions)].push((k, c));
+                }
+            }
+            Ok(buckets)
+        });
+        let node = NodeCell::new(
+            info,
+            Combine {
+                runner,
+                merge_combiners,
+                partitions,
+            },
+        );
+        DStream::from_node(Arc::clone(self.graph()), node)
+    }
+
+    /// Applies `f` to every value, keeping the key.
+    pub fn map_values<W: Data>(
+        &self,
+        f: impl Fn(V) -> W + Send + Sync + 'static,
+    ) -> DStream<(K, W)> {
+        self.map(move |(k, v)| (k, f(v)))
+    }
+
+    /// Applies `f` to every value and pairs each result with the key.
+    pub fn flat_map_values<W: Data, I>(
+        &self,
+        f: impl Fn(V) -> I + Send + Sync + 'static,
+    ) -> DStream<(K, W)>
+    where
+        I: IntoIterator<Item = W> + 'static,
+    {
+        self.flat_map(move |(k, v)| {
+            let values: Vec<W> = f(v).into_iter().collect();
+            values.into_iter().map(move |w| (k.clone(), w))
+        })
+    }
+
+    /// For each key in either stream, the values from both (Spark's `cogroup`).
+    pub fn cogroup<W: Data>(&self, other: &DStream<(K, W)>) -> DStream<(K, (Vec<V>, Vec<W>))> {
+        self.cogroup_with_partitions(other, self.graph().partitions)
+    }
+
+    /// [`DStream::cogroup`] into `partitions` partitions.
+    pub fn cogroup_with_partitions<W: Data>(
+        &self,
+        other: &DStream<(K, W)>,
+        partitions: usize,
+    ) -> DStream<(K, (Vec<V>, Vec<W>))> {
+        if self.slide_ms() != other.slide_ms() {
+            self.graph().error(Error::Graph {
+                operator: format!("cogroup#{}", self.lineage()),
+                message: format!(
+                    "the streams have different slides ({} ms and {} ms)",
+                    self.slide_ms(),
+                    other.slide_ms()
+                ),
+            });
+        }
+        let partitions = self.checked_partitions("cogroup", partitions);
+        let left = self.group_by_key_with_partitions(partitions).node();
+        let right = other.group_by_key_with_partitions(partitions).node();
+        let id = self.graph().operator_id(
+            "cogroup",
+            &partitions.to_string(),
+            &[self.lineage(), other.lineage()],
+        );
+        let info = NodeInfo {
+            id,
+            kind: "cogroup",
+            slide_ms: self.slide_ms(),
+        };
+        DStream::from_node(
+            Arc::clone(self.graph()),
+            NodeCell::new(info, CoGroup { left, right }),
+        )
+    }
+
+    /// Pairs of values for keys present in both streams (an inner join per batch).
+    pub fn join<W: Data>(&self, other: &DStream<(K, W)>) -> DStream<(K, (V, W))> {
+        self.cogroup(other).flat_map(|(k, (vs, ws))| {
+            let mut out = Vec::with_capacity(vs.len() * ws.len());
+            for v in &vs {
+                for w in &ws {
+                    out.push((k.clone(), (v.clone(), w.clone())));
+                }
+            }
+            out
+        })
+    }
+
+    /// Every value of this stream, with each matching value of `other` or `None`.
+    pub fn left_outer_join<W: Data>(
+        &self,
+        other: &DStream<(K, W)>,
+    ) -> DStream<(K, (V, Option<W>))> {
+        self.cogroup(other).flat_map(|(k, (vs, ws))| {
+            let mut out = Vec::new();
+            for v in &vs {
+                if ws.is_empty() {
+                    out.push((k.clone(), (v.clone(), None)));
+                }
+                for w in &ws {
+                    out.push((k.clone(), (v.clone(), Some(w.clone()))));
+                }
+            }
+            out
+        })
+    }
+
+    /// Every value of `other`, with each matching value of this stream or `None`.
+    pub fn right_outer_join<W: Data>(
+        &self,
+        other: &DStream<(K, W)>,
+    ) -> DStream<(K, (Option<V>, W))> {
+        self.cogroup(other).flat_map(|(k, (vs, ws))| {
+            let mut out = Vec::new();
+            for w in &ws {
+                if vs.is_empty() {
+                    out.push((k.clone(), (None, w.clone())));
+                }
+                for v in &vs {
+                    out.push((k.clone(), (Some(v.clone()), w.clone())));
+                }
+            }
+            out
+        })
+    }
+
+    /// Every value of both streams, matched where the keys match.
+    pub fn full_outer_join<W: Data>(
+        &self,
+        other: &DStream<(K, W)>,
+    ) -> DStream<(K, (Option<V>, Option<W>))> {
+        self.cogroup(other).flat_map(|(k, (vs, ws))| {
+            let mut out = Vec::new();
+            match (vs.is_empty(), ws.is_empty()) {
+                (false, true) => {
+                    out.extend(vs.iter().map(|v| (k.clone(), (Some(v.clone()), None))))
+                }
+                (true, false) => {
+                    out.extend(ws.iter().map(|w| (k.clone(), (None, Some(w.clone())))))
+                }
+                _ => {
+                    for v in &vs {
+                        for w in &ws {
+                            out.push((k.clone(), (Some(v.clone()), Some(w.clone()))));
+                        }
+                    }
+                }
+            }
+            out
+        })
+    }
+}
+
+/// The reduce side of a combine: merges each partition's buckets in unit order.
+struct Combine<K, V, C> {
+    runner: UnitRunner<(K, V), Vec<Vec<(K, C)>>>,
+    merge_combiners: Arc<Merge<C>>,
+    partitions: usize,
+}
+
+impl<K: Key, V: Data, C: Data> Compute<(K, C)> for Combine<K, V, C> {
+    fn compute(&self, cx: &BatchCx, time: BatchTime) -> Result<BatchData<(K, C)>> {
+        let units = self.runner.results(cx, time)?;
+        let merge = |p: usize| -> Vec<(K, C)> {
+            match units.as_slice() {
+                [] => Vec::new(),
+                [only] => only[p].clone(),
+                _ => {
+                    let capacity = units.iter().map(|u| u[p].len()).max().unwrap_or(0);
+                    // `Option` so a combiner can be moved out, merged and put back.
+                    let mut merged: HashMap<K, Option<C>> =
+                        HashMap::with_capacity_and_hasher(capacity, StableState);
+                    for unit in &units {
+                        for (k, c) in &unit[p] {
+                            match merged.get_mut(k) {
+                                Some(slot) => {
+                                    *slot = match slot.take() {
+                                        Some(old) => Some((self.merge_combiners)(old, c.clone())),
+                                        None => Some(c.clone()),
+                                    }
+                                }
+                                None => {
+                                    merged.insert(k.clone(), Some(c.clone()));
+                                }
+                            }
+                        }
+                    }
+                    merged
+                        .into_iter()
+                        .filter_map(|(k, c)| c.map(|c| (k, c)))
+                        .collect()
+                }
+            }
+        };
+        let parts: Vec<Vec<(K, C)>> = if self.partitions == 1 || units.len() <= 1 {
+            (0..self.partitions).map(merge).collect()
+        } else {
+            cx.pool
+                .install(|| (0..self.partitions).into_par_iter().map(merge).collect())
+        };
+        Ok(BatchData::from_partitions(parts))
+    }
+
+    fn parents(&self) -> Vec<(Arc<dyn AnyNode>, u64)> {
+        self.runner.parents()
+    }
+
+    fn block_tasks(&self) -> Vec<(StreamId, Arc<dyn BlockTask>)> {
+        self.runner.block_tasks()
+    }
+}
+
+struct CoGroup<K, V, W> {
+    left: Arc<NodeCell<(K, Vec<V>)>>,
+    right: Arc<NodeCell<(K, Vec<W>)>>,
+}
+
+impl<K: Key, V: Data, W: Data> Compute<(K, (Vec<V>, Vec<W>))> for CoGroup<K, V, W> {
+    fn compute(&self, cx: &BatchCx, time: BatchTime) -> Result<BatchData<(K, (Vec<V>, Vec<W>))>> {
+        let left = self.left.get(cx, time)?.unwrap_or_default();
+        let right = self.right.get(cx, time)?.unwrap_or_default();
+        let partitions = left.num_partitions().max(right.num_partitions());
+        let empty_l: Vec<(K, Vec<V>)> = Vec::new();
+        let empty_r: Vec<(K, Vec<W>)> = Vec::new();
+        let parts = (0..partitions)
+            .map(|p| {
+                let l = if p < left.num_partitions() {
+                    left.partition(p)
+                } else {
+                    &empty_l
+                };
+                let r = if p < right.num_partitions() {
+                    right.partition(p)
+                } else {
+                    &empty_r
+                };
+                // Left keys in their order, then keys only on the right in theirs.
+                let mut by_key: StableIndexMap<K, (Vec<V>, Vec<W>)> = StableIndexMap::default();
+                for (k, vs) in l {
+                    by_key
+                        .entry(k.clone())
+                        .or_default()
+                        .0
+                        .extend(vs.iter().cloned());
+                }
+                for (k, ws) in r {
+                    by_key
+                        .entry(k.clone())
+                        .or_default()
+                        .1
+                        .extend(ws.iter().cloned());
+                }
+                by_key.into_iter().collect()
+            })
+            .collect();
+        Ok(BatchData::from_partitions(parts))
+    }
+
+    fn parents(&self) -> Vec<(Arc<dyn AnyNode>, u64)> {
+        vec![
+            (Arc::clone(&self.left) as Arc<dyn AnyNode>, 0),
+            (Arc::clone(&self.right) as Arc<dyn AnyNode>, 0),
+        ]
+    }
+}

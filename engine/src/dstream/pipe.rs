@@ -1,0 +1,354 @@
+//! Fused narrow stages, and running them per unit, as blocks arrive or at batch time.
+//!
+//! A chain of narrow operators (`map`, `flat_map`, `filter`, `map_partitions`, `union`) is
+//! not materialised: it is a [`Pipe`], a list of branches, each a source plus a composed
+//! [`Stage`] that pushes records through every operator of the chain in one pass. What
+//! consumes a pipe (an output, a key operator's map-side combine, a window) runs the stage
+//! once per *unit*: a block of an input stream, or a partition of a materialised node.
+//!
+//! For units that are input blocks, the consumer registers a [`BlockTask`] on the stream:
+//! the task runs on the worker pool as soon as the block is stored, and its result is cached
+//! by block id. At batch time the consumer takes the cached result, or computes it from the
+//! block's bytes read back from the stream's handler (the recovery path; the same function
+//! of the same bytes, so the same result). Results are always combined in unit order
+//! (branch, then block id or partition index), never in arrival order.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
+use rayon::prelude::*;
+
+use super::node::{AnyNode, BatchCx, Data, catch, lock};
+use crate::block::{BlockCodec, BlockId, StoredBlock, StreamId};
+use crate::error::{Error, Result};
+use crate::time::BatchTime;
+
+/// One unit of input for a stage.
+#[derive(Clone, Copy)]
+pub(crate) enum Unit<'a> {
+    /// The bytes of an input block, in its stream's codec.
+    Block(BlockId, &'a Bytes),
+    /// A partition of a node (a `Vec` of the node's record type) and its index.
+    Part(usize, &'a (dyn Any + Send + Sync)),
+}
+
+impl Unit<'_> {
+    /// A number that differs between the units of a batch (for spreading records).
+    pub fn seed(&self) -> u64 {
+        match self {
+            Unit::Block(id, _) => id.seq,
+            Unit::Part(index, _) => *index as u64,
+        }
+    }
+}
+
+/// A fused chain of narrow operators: pushes every record of a unit through the chain.
+pub(crate) trait Stage<T>: Send + Sync + 'static {
+    fn run(&self, unit: Unit<'_>, out: &mut dyn FnMut(T)) -> std::result::Result<(), String>;
+}
+
+/// The first stage of an input branch: decodes the block.
+pub(crate) struct DecodeStage<T> {
+    pub codec: Arc<dyn BlockCodec<T>>,
+}
+
+impl<T: Data> Stage<T> for DecodeStage<T> {
+    fn run(&self, unit: Unit<'_>, out: &mut dyn FnMut(T)) -> std::result::Result<(), String> {
+        match unit {
+            Unit::Block(_, bytes) => self.codec.decode(bytes, out).map(drop),
+            Unit::Part(..) => Err("internal: a decode stage was given a partition".to_owned()),
+        }
+    }
+}
+
+/// The first stage of a node branch: reads the node's partition.
+pub(crate) struct PartStage<T>(pub PhantomData<fn() -> T>);
+
+impl<T: Data> Stage<T> for PartStage<T> {
+    fn run(&self, unit: Unit<'_>, out: &mut dyn FnMut(T)) -> std::result::Result<(), String> {
+        match unit {
+            Unit::Part(_, part) => {
+                let records = part
+                    .downcast_ref::<Vec<T>>()
+                    .ok_or_else(|| "internal: partition of another type".to_owned())?;
+                records.iter().cloned().for_each(out);
+                Ok(())
+            }
+            Unit::Block(..) => Err("internal: a partition stage was given a block".to_owned()),
+        }
+    }
+}
+
+pub(crate) struct MapStage<A, F> {
+    pub prev: Arc<dyn Stage<A>>,
+    pub f: Arc<F>,
+}
+
+impl<A: Data, B, F> Stage<B> for MapStage<A, F>
+where
+    F: Fn(A) -> B + Send + Sync + 'static,
+{
+    #[inline]
+    fn run(&self, unit: Unit<'_>, out: &mut dyn FnMut(B)) -> std::result::Result<(), String> {
+        self.prev.run(unit, &mut |a| out((self.f)(a)))
+    }
+}
+
+pub(crate) struct FlatMapStage<A, F> {
+    pub prev: Arc<dyn Stage<A>>,
+    pub f: Arc<F>,
+}
+
+impl<A: Data, B, I, F> Stage<B> for FlatMapStage<A, F>
+where
+    F: Fn(A) -> I + Send + Sync + 'static,
+    I: IntoIterator<Item = B>,
+{
+    #[inline]
+    fn run(&self, unit: Unit<'_>, out: &mut dyn FnMut(B)) -> std::result::Result<(), String> {
+        self.prev
+            .run(unit, &mut |a| (self.f)(a).into_iter().for_each(&mut *out))
+    }
+}
+
+pub(crate) struct FilterStage<A, F> {
+    pub prev: Arc<dyn Stage<A>>,
+    pub f: Arc<F>,
+}
+
+impl<A: Data, F> Stage<A> for FilterStage<A, F>
+where
+    F: Fn(&A) -> bool + Send + Sync + 'static,
+{
+    #[inline]
+    fn run(&self, unit: Unit<'_>, out: &mut dyn FnMut(A)) -> std::result::Result<(), String> {
+        self.prev.run(unit, &mut |a| {
+            if (self.f)(&a) {
+                out(a)
+            }
+        })
+    }
+}
+
+pub(crate) struct MapPartitionsStage<A, F> {
+    pub prev: Arc<dyn Stage<A>>,
+    pub f: Arc<F>,
+}
+
+impl<A: Data, B, I, F> Stage<B> for MapPartitionsStage<A, F>
+where
+    F: Fn(Vec<A>) -> I + Send + Sync + 'static,
+    I: IntoIterator<Item = B>,
+{
+    fn run(&self, unit: Unit<'_>, out: &mut dyn FnMut(B)) -> std::result::Result<(), String> {
+        let mut records = Vec::new();
+        self.prev.run(unit, &mut |a| records.push(a))?;
+        (self.f)(records).into_iter().for_each(out);
+        Ok(())
+    }
+}
+
+/// Where a branch's units come from.
+#[derive(Clone)]
+pub(crate) enum Source {
+    /// The blocks of an input stream.
+    Input(StreamId),
+    /// The partitions of a node.
+    Node(Arc<dyn AnyNode>),
+}
+
+/// A source and the fused stage applied to its units.
+pub(crate) struct Branch<T> {
+    pub source: Source,
+    pub stage: Arc<dyn Stage<T>>,
+}
+
+impl<T> Clone for Branch<T> {
+    fn clone(&self) -> Self {
+        Branch {
+            source: self.source.clone(),
+            stage: Arc::clone(&self.stage),
+        }
+    }
+}
+
+/// Runs a block stage when a block arrives.
+pub(crate) trait BlockTask: Send + Sync + 'static {
+    /// Runs on the worker pool once the block is stored; caches the result by block id.
+    fn on_block(&self, id: BlockId, bytes: &Bytes);
+    /// Drops the cached results of these blocks (their batches are cleaned up).
+    fn forget(&self, ids: &[BlockId]);
+}
+
+type UnitFn<T, R> = dyn Fn(&dyn Stage<T>, Unit<'_>) -> std::result::Result<R, String> + Send + Sync;
+type Slot<R> = Arc<OnceLock<std::result::Result<Arc<R>, String>>>;
+
+/// Per-block results of one consumer's function over one input branch, by block id.
+pub(crate) struct BlockCache<T, R> {
+    stage: Arc<dyn Stage<T>>,
+    f: Arc<UnitFn<T, R>>,
+    slots: Mutex<HashMap<BlockId, Slot<R>>>,
+}
+
+impl<T: 'static, R: Send + Sync + 'static> BlockCache<T, R> {
+    fn slot(&self, id: BlockId) -> Slot<R> {
+        Arc::clone(lock(&self.slots).entry(id).or_default())
+    }
+
+    fn compute(&self, id: BlockId, bytes: &Bytes) -> std::result::Result<Arc<R>, String> {
+        catch(|| (self.f)(&*self.stage, Unit::Block(id, bytes)))
+            .and_then(|r| r)
+            .map(Arc::new)
+    }
+
+    /// The result for `block`: cached, or computed from its bytes read back; `None` if lost.
+    fn get(
+        &self,
+        cx: &BatchCx,
+        stream: StreamId,
+        block: &StoredBlock,
+    ) -> Result<Option<std::result::Result<Arc<R>, String>>> {
+        let slot = self.slot(block.id);
+        if let Some(done) = slot.get() {
+            return Ok(Some(done.clone()));
+        }
+        let Some(bytes) = cx.read_block(stream, block)? else {
+            // The arrival task may have finished (and released the bytes) just now.
+            return Ok(slot.get().cloned());
+        };
+        Ok(Some(
+            slot.get_or_init(|| self.compute(block.id, &bytes)).clone(),
+        ))
+    }
+}
+
+impl<T: 'static, R: Send + Sync + 'static> BlockTask for BlockCache<T, R> {
+    fn on_block(&self, id: BlockId, bytes: &Bytes) {
+        let slot = self.slot(id);
+        slot.get_or_init(|| self.compute(id, bytes));
+    }
+
+    fn forget(&self, ids: &[BlockId]) {
+        let mut slots = lock(&self.slots);
+        for id in ids {
+            slots.remove(id);
+        }
+    }
+}
+
+/// Runs a function over every unit of a pipe at a batch time (see the module docs).
+pub(crate) struct UnitRunner<T, R> {
+    branches: Vec<(Branch<T>, Option<Arc<BlockCache<T, R>>>)>,
+    f: Arc<UnitFn<T, R>>,
+    /// Who runs this, for error messages.
+    label: String,
+}
+
+impl<T: Data, R: Send + Sync + 'static> UnitRunner<T, R> {
+    pub fn new<F>(branches: &[Branch<T>], label: String, f: F) -> Self
+    where
+        F: Fn(&dyn Stage<T>, Unit<'_>) -> std::result::Result<R, String> + Send + Sync + 'static,
+    {
+        let f: Arc<UnitFn<T, R>> = Arc::new(f);
+        let branches = branches
+            .iter()
+            .map(|b| {
+                let cache = matches!(b.source, Source::Input(_)).then(|| {
+                    Arc::new(BlockCache {
+                        stage: Arc::clone(&b.stage),
+                        f: Arc::clone(&f),
+                        slots: Mutex::default(),
+                    })
+                });
+                (b.clone(), cache)
+            })
+            .collect();
+        UnitRunner { branches, f, label }
+    }
+
+    pub fn parents(&self) -> Vec<(Arc<dyn AnyNode>, u64)> {
+        self.branches
+            .iter()
+            .filter_map(|(b, _)| match &b.source {
+                Source::Node(n) => Some((Arc::clone(n), 0)),
+                Source::Input(_) => None,
+            })
+            .collect()
+    }
+
+    pub fn block_tasks(&self) -> Vec<(StreamId, Arc<dyn BlockTask>)> {
+        self.branches
+            .iter()
+            .filter_map(|(b, cache)| match (&b.source, cache) {
+                (Source::Input(s), Some(c)) => Some((*s, Arc::clone(c) as Arc<dyn BlockTask>)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The function's result for every unit at `time`, in unit order; lost blocks are
+    /// skipped (and counted in the batch).
+    pub fn results(&self, cx: &BatchCx, time: BatchTime) -> Result<Vec<Arc<R>>> {
+        enum Job<'a, T, R> {
+            Block(StreamId, &'a StoredBlock, &'a BlockCache<T, R>),
+            Part(&'a dyn Stage<T>, usize, Arc<dyn Any + Send + Sync>),
+        }
+        let mut jobs: Vec<Job<'_, T, R>> = Vec::new();
+        for (branch, cache) in &self.branches {
+            match (&branch.source, cache) {
+                (Source::Input(stream), Some(cache)) => {
+                    for block in cx.blocks(*stream, time) {
+                        jobs.push(Job::Block(*stream, block, cache));
+                    }
+                }
+                (Source::Node(node), _) => {
+                    if let Some(parts) = node.units(cx, time)? {
+                        jobs.extend(
+                            parts
+                                .into_iter()
+                                .enumerate()
+                                .map(|(i, p)| Job::Part(&*branch.stage, i, p)),
+                        );
+                    }
+                }
+                (Source::Input(_), None) => unreachable!("input branches always have a cache"),
+            }
+        }
+        let run = |job: &Job<'_, T, R>| -> Result<Option<Arc<R>>> {
+            let outcome = match job {
+                Job::Block(stream, block, cache) => match cache.get(cx, *stream, block)? {
+                    Some(outcome) => outcome,
+                    None => return Ok(None),
+                },
+                Job::Part(stage, index, part) => {
+                    catch(|| (self.f)(*stage, Unit::Part(*index, &**part)))
+                        .and_then(|r| r)
+                        .map(Arc::new)
+                }
+            };
+            outcome.map(Some).map_err(|message| Error::Job {
+                batch_time: time,
+                operator: self.label.clone(),
+                message: match job {
+                    Job::Block(_, block, _) => format!("block {}: {message}", block.id),
+                    Job::Part(..) => message,
+                },
+            })
+        };
+        let results: Vec<Result<Option<Arc<R>>>> = if jobs.len() <= 1 {
+            jobs.iter().map(run).collect()
+        } else {
+            cx.pool.install(|| jobs.par_iter().map(run).collect())
+        };
+        let mut out = Vec::with_capacity(results.len());
+        for r in results {
+            if let Some(r) = r? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,390 @@
+//! The scheduler core: a pure state machine that cuts received blocks into batches.
+//!
+//! The core does no IO and reads no clock. The driver ([`crate::StreamingContext`]) feeds it
+//! the time ([`Scheduler::on_tick`]) and what happened ([`Scheduler::on_event`]), and
+//! carries out the [`Action`]s it returns, **in order**. That order is the contract the
+//! durability work builds on:
+//!
+//! - [`Action::AllocateBlocks`] for a batch always comes before the [`Action::RunBatch`] for
+//!   it, so a driver that makes the allocation durable before carrying out the next action
+//!   never runs a batch whose inputs it could not name again after a crash.
+//! - Batches run one at a time, in batch-time order (Spark's `concurrentJobs = 1`, the only
+//!   setting for which it keeps its fault-tolerance guarantees).
+//! - [`Action::Cleanup`] names only blocks of completed batches older than the remember
+//!   window; a durable driver may defer the deletion until a checkpoint no longer needs them.
+//!
+//! Batch times lie on the grid `zero + k * interval`, k >= 1; the batch at time `t` gets every
+//! block reported stored before the tick at `t` was handled and not allocated yet (Spark's
+//! `allocateBlocksToBatch`). [`Scheduler::restore`] starts from a given zero time with given
+//! pending batches, which re-run at their original times before new batches are generated
+//! (restart by recomputation).
+//!
+//! Stopping (as Spark's `stop(stopGracefully)`):
+//! - graceful: receivers are told to stop (they flush what they hold); batches keep being
+//!   generated on the grid until every receiver has stopped and no block is unallocated;
+//!   then the generated batches run; then [`Action::Stopped`].
+//! - immediate: generation stops at once; the running batch finishes; batches generated but
+//!   not run are reported in [`Action::Stopped`] (they stay pending for a restart).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::block::{StoredBlock, StreamId};
+use crate::time::BatchTime;
+
+/// The blocks allocated to one batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    /// The batch.
+    pub time: BatchTime,
+    /// Per input stream, the batch's blocks in block-id order.
+    pub blocks: BTreeMap<StreamId, Vec<StoredBlock>>,
+}
+
+impl Allocation {
+    /// The total number of records in the batch's blocks.
+    pub fn records(&self) -> u64 {
+        self.blocks.values().flatten().map(|b| b.records).sum()
+    }
+
+    /// The records of one stream.
+    pub fn stream_records(&self, stream: StreamId) -> u64 {
+        self.blocks
+            .get(&stream)
+            .map_or(0, |bs| bs.iter().map(|b| b.records).sum())
+    }
+}
+
+/// What the driver tells the core.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A block was stored under its stream's durability policy.
+    BlockStored(StoredBlock),
+    /// The batch finished: every output operation ran.
+    BatchCompleted {
+        /// The batch.
+        time: BatchTime,
+    },
+    /// The batch failed; the context stops, and the batch stays pending.
+    BatchFailed {
+        /// The batch.
+        time: BatchTime,
+    },
+    /// A receiver stopped; every block it stored has been reported before this event.
+    ReceiverStopped {
+        /// Its stream.
+        stream: StreamId,
+    },
+    /// Stop the context.
+    StopRequested {
+        /// Process everything received before stopping.
+        graceful: bool,
+    },
+}
+
+/// What the core tells the driver to do (see the module docs for the ordering contract).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Record that these blocks make up this batch (durably, where the policy asks for it).
+    AllocateBlocks(Allocation),
+    /// Run the batch's jobs (one per output operation, in definition order), then report
+    /// [`Event::BatchCompleted`] or [`Event::BatchFailed`].
+    RunBatch {
+        /// The batch.
+        time: BatchTime,
+    },
+    /// No batch will need these blocks again.
+    Cleanup {
+        /// Every batch up to and including this time is cleaned up.
+        up_to: BatchTime,
+        /// The blocks of those batches.
+        blocks: Vec<StoredBlock>,
+    },
+    /// Tell every receiver to stop (graceful: flush what it holds first).
+    StopReceivers {
+        /// Whether buffered records should be stored before stopping.
+        graceful: bool,
+    },
+    /// The core is done; no further actions follow.
+    Stopped {
+        /// Whether this was a graceful stop.
+        graceful: bool,
+        /// Batches generated but not processed (pending for a restart), in time order.
+        unprocessed: Vec<BatchTime>,
+    },
+}
+
+/// The core's fixed parameters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    /// The batch interval.
+    pub interval_ms: u64,
+    /// The grid origin: batch times are `zero + k * interval_ms`, k >= 1.
+    pub zero: BatchTime,
+    /// How long a completed batch's blocks stay (for windows that look back); the blocks of
+    /// batch `t'` are cleaned up once a batch `t >= t' + remember_ms` has completed.
+    pub remember_ms: u64,
+    /// The streams that have receivers (graceful stop waits for each to stop).
+    pub receivers: Vec<StreamId>,
+}
+
+/// What a restarted core resumes from (see [`Scheduler::restore`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestoredState {
+    /// The last batch time that was generated (allocated) before the restart, if any.
+    pub last_generated: Option<BatchTime>,
+    /// Batches allocated but not completed: they re-run first, in time order.
+    pub pending: Vec<Allocation>,
+    /// Blocks stored but not allocated: they go to the first batch generated.
+    pub unallocated: Vec<StoredBlock>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Stopping { graceful: bool },
+    Stopped,
+}
+
+/// The scheduler core (see the module docs).
+#[derive(Debug)]
+pub struct Scheduler {
+    config: SchedulerConfig,
+    next_time: BatchTime,
+    generating: bool,
+    phase: Phase,
+    unallocated: BTreeMap<StreamId, Vec<StoredBlock>>,
+    /// Generated batches not yet cleaned up, with their blocks.
+    allocated: BTreeMap<BatchTime, Vec<StoredBlock>>,
+    queued: VecDeque<BatchTime>,
+    running: Option<BatchTime>,
+    last_completed: Option<BatchTime>,
+    receivers_running: BTreeSet<StreamId>,
+    failed: Option<BatchTime>,
+}
+
+impl Scheduler {
+    /// A core starting at `config.zero`: the first batch is at `zero + interval`.
+    ///
+    /// # Panics
+    /// If `interval_ms` is zero (the config is validated before this is called).
+    pub fn new(config: SchedulerConfig) -> Self {
+        Self::restore(config, RestoredState::default())
+    }
+
+    /// A core resuming after a restart: pending batches run first, at their original times,
+    /// then the grid continues after `last_generated` (batches missed while down included).
+    ///
+    /// # Panics
+    /// If `interval_ms` is zero, or a restored time is not on the grid (the caller restored
+    /// a checkpoint made with another interval or zero time, which the checkpoint layer
+    /// must reject before this point).
+    pub fn restore(config: SchedulerConfig, restored: RestoredState) -> Self {
+        assert!(config.interval_ms > 0, "batch interval must be positive");
+        let on_grid =
+            |t: BatchTime| t > config.zero && t.is_on_grid(config.zero, config.interval_ms);
+        let next_time = match restored.last_generated {
+            Some(t) => {
+                assert!(on_grid(t), "restored batch time {t} is not on the grid");
+                t.plus_millis(config.interval_ms)
+            }
+            None => config.zero.plus_millis(config.interval_ms),
+        };
+        let mut allocated = BTreeMap::new();
+        let mut queued = Vec::new();
+        for alloc in restored.pending {
+            assert!(
+                on_grid(alloc.time),
+                "pending batch {} is not on the grid",
+                alloc.time
+            );
+            assert!(
+                alloc.time < next_time,
+                "pending batch {} was never generated",
+                alloc.time
+            );
+            queued.push(alloc.time);
+            allocated.insert(alloc.time, alloc.blocks.into_values().flatten().collect());
+        }
+        queued.sort();
+        let mut unallocated: BTreeMap<StreamId, Vec<StoredBlock>> = BTreeMap::new();
+        for b in restored.unallocated {
+            unallocated.entry(b.id.stream).or_default().push(b);
+        }
+        for blocks in unallocated.values_mut() {
+            blocks.sort_by_key(|b| b.id);
+        }
+        Scheduler {
+            receivers_running: config.receivers.iter().copied().collect(),
+            config,
+            next_time,
+            generating: true,
+            phase: Phase::Running,
+            unallocated,
+            allocated,
+            queued: queued.into(),
+            running: None,
+            last_completed: None,
+            failed: None,
+        }
+    }
+
+    /// The core's parameters.
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    /// When the driver should next call [`Scheduler::on_tick`]: the next batch time, or
+    /// `None` once no more batches will be generated.
+    pub fn next_deadline(&self) -> Option<BatchTime> {
+        (self.generating && self.phase != Phase::Stopped).then_some(self.next_time)
+    }
+
+    /// Whether [`Action::Stopped`] has been returned.
+    pub fn is_stopped(&self) -> bool {
+        self.phase == Phase::Stopped
+    }
+
+    /// Batches generated but not completed, in time order (the running one first).
+    pub fn pending_batches(&self) -> Vec<BatchTime> {
+        self.running
+            .iter()
+            .chain(self.queued.iter())
+            .copied()
+            .collect()
+    }
+
+    /// Blocks stored but not yet allocated to a batch.
+    pub fn unallocated_blocks(&self) -> usize {
+        self.unallocated.values().map(Vec::len).sum()
+    }
+
+    /// The time has come to `now_ms`: generate every batch due and start the next one.
+    pub fn on_tick(&mut self, now_ms: u64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.phase == Phase::Stopped {
+            return actions;
+        }
+        while self.generating && self.next_time.as_millis() <= now_ms {
+            let time = self.next_time;
+            self.next_time = time.plus_millis(self.config.interval_ms);
+            let blocks = std::mem::take(&mut self.unallocated);
+            self.allocated
+                .insert(time, blocks.values().flatten().cloned().collect());
+            actions.push(Action::AllocateBlocks(Allocation { time, blocks }));
+            self.queued.push_back(time);
+            self.update_generation();
+        }
+        self.advance(&mut actions);
+        actions
+    }
+
+    /// Something happened: update the state and say what to do next.
+    pub fn on_event(&mut self, event: Event) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.phase == Phase::Stopped {
+            return actions;
+        }
+        match event {
+            Event::BlockStored(block) => {
+                let blocks = self.unallocated.entry(block.id.stream).or_default();
+                // Receivers report their blocks in id order; keep the queue sorted anyway,
+                // since batch results are merged in this order.
+                let at = blocks.partition_point(|b| b.id < block.id);
+                blocks.insert(at, block);
+            }
+            Event::BatchCompleted { time } => {
+                assert_eq!(
+                    self.running,
+                    Some(time),
+                    "completed a batch that was not running"
+                );
+                self.running = None;
+                self.last_completed = Some(time);
+                if let Some(up_to) = time.checked_minus_millis(self.config.remember_ms) {
+                    let kept = self.allocated.split_off(&up_to.plus_millis(1));
+                    let cleaned = std::mem::replace(&mut self.allocated, kept);
+                    if !cleaned.is_empty() {
+                        actions.push(Action::Cleanup {
+                            up_to,
+                            blocks: cleaned.into_values().flatten().collect(),
+                        });
+                    }
+                }
+            }
+            Event::BatchFailed { time } => {
+                assert_eq!(
+                    self.running,
+                    Some(time),
+                    "failed a batch that was not running"
+                );
+                self.running = None;
+                self.failed = Some(time);
+                self.begin_stop(false, &mut actions);
+            }
+            Event::ReceiverStopped { stream } => {
+                self.receivers_running.remove(&stream);
+                self.update_generation();
+            }
+            Event::StopRequested { graceful } => self.begin_stop(graceful, &mut actions),
+        }
+        self.advance(&mut actions);
+        actions
+    }
+
+    fn begin_stop(&mut self, graceful: bool, actions: &mut Vec<Action>) {
+        match self.phase {
+            Phase::Running => {
+                self.phase = Phase::Stopping { graceful };
+                actions.push(Action::StopReceivers { graceful });
+            }
+            // An immediate stop overrides a graceful one in progress.
+            Phase::Stopping { graceful: true } if !graceful => {
+                self.phase = Phase::Stopping { graceful };
+            }
+            Phase::Stopping { .. } | Phase::Stopped => {}
+        }
+        self.update_generation();
+    }
+
+    fn update_generation(&mut self) {
+        match self.phase {
+            Phase::Running => {}
+            Phase::Stopping { graceful: false } | Phase::Stopped => self.generating = false,
+            Phase::Stopping { graceful: true } => {
+                if self.receivers_running.is_empty() && self.unallocated.is_empty() {
+                    self.generating = false;
+                }
+            }
+        }
+    }
+
+    /// Starts the next queued batch if none is running, and finishes a stop once nothing is left.
+    fn advance(&mut self, actions: &mut Vec<Action>) {
+        let immediate = matches!(self.phase, Phase::Stopping { graceful: false });
+        if self.running.is_none() && !immediate {
+            self.running = self.queued.pop_front();
+            if let Some(time) = self.running {
+                actions.push(Action::RunBatch { time });
+            }
+        }
+        if let Phase::Stopping { graceful } = self.phase {
+            let done = self.running.is_none()
+                && (immediate || (!self.generating && self.queued.is_empty()));
+            if done {
+                self.phase = Phase::Stopped;
+                self.generating = false;
+                let mut unprocessed: Vec<BatchTime> = self.failed.iter().copied().collect();
+                unprocessed.extend(self.queued.drain(..));
+                actions.push(Action::Stopped {
+                    graceful,
+                    unprocessed,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

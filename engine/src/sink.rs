@@ -1,0 +1,303 @@
+//! Output operations: `print`, `save_as_text_files`, `foreach_batch`.
+//!
+//! Each output operation is one job per batch; a batch runs its jobs one at a time, in the
+//! order the operations were defined. A job that fails (an error or a panic in user code, an
+//! I/O error) fails the batch, which stops the context and stays pending for a restart.
+//!
+//! `save_as_text_files` is idempotent: a batch's output directory is a function of the batch
+//! time, each part file is written under a temporary name, synced and renamed into place,
+//! and the batch's data is a deterministic function of its inputs, so re-running a batch
+//! (after a crash) rewrites byte-identical files.
+
+use std::fmt::{Debug, Write as _};
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rayon::prelude::*;
+
+use crate::dstream::node::{AnyNode, BatchCx, Data, NodeCell, catch, lock};
+use crate::dstream::{BatchData, DStream};
+use crate::error::{Error, Result};
+use crate::text::Str;
+use crate::time::BatchTime;
+
+/// An output operation, as the batch runner sees it.
+pub(crate) trait OutputOp: Send + Sync + 'static {
+    /// `kind#id`, for metrics and errors.
+    fn label(&self) -> &str;
+    /// The node whose data the job writes.
+    fn node(&self) -> Arc<dyn AnyNode>;
+    /// Runs the job for `time`; `Ok(false)` if the stream has no batch at `time`.
+    fn run(&self, cx: &BatchCx, time: BatchTime) -> Result<bool>;
+}
+
+type JobFn<T> = dyn FnMut(&BatchData<T>, BatchTime) -> std::result::Result<(), String> + Send;
+
+struct ForEach<T> {
+    label: String,
+    node: Arc<NodeCell<T>>,
+    f: Mutex<Box<JobFn<T>>>,
+}
+
+impl<T: Data> OutputOp for ForEach<T> {
+    fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn node(&self) -> Arc<dyn AnyNode> {
+        Arc::clone(&self.node) as Arc<dyn AnyNode>
+    }
+
+    fn run(&self, cx: &BatchCx, time: BatchTime) -> Result<bool> {
+        let Some(data) = self.node.get(cx, time)? else {
+            return Ok(false);
+        };
+        let mut f = lock(&self.f);
+        catch(|| f(&data, time))
+            .and_then(|r| r)
+            .map_err(|message| Error::Job {
+                batch_time: time,
+                operator: self.label.clone(),
+                message,
+            })?;
+        Ok(true)
+    }
+}
+
+pub(crate) fn foreach_batch<T: Data>(
+    stream: &DStream<T>,
+    kind: &str,
+    f: impl FnMut(&BatchData<T>, BatchTime) -> std::result::Result<(), String> + Send + 'static,
+) {
+    let node = stream.node();
+    let id = stream.graph().operator_id(kind, "", &[stream.lineage()]);
+    let op = ForEach {
+        label: format!("{kind}#{id}"),
+        node,
+        f: Mutex::new(Box::new(f)),
+    };
+    stream.graph().add_output(Arc::new(op));
+}
+
+pub(crate) fn print<T: Data + Debug>(stream: &DStream<T>, n: usize) {
+    foreach_batch(stream, "print", move |data, time| {
+        let mut text = String::new();
+        let _ = writeln!(text, "-------------------------------------------");
+        let _ = writeln!(text, "Time: {} ms", time.as_millis());
+        let _ = writeln!(text, "-------------------------------------------");
+        for record in data.iter().take(n) {
+            let _ = writeln!(text, "{record:?}");
+        }
+        if data.len() > n {
+            let _ = writeln!(text, "...");
+        }
+        text.push('\n');
+        // `print` is an output operation the user asked for: standard output is its sink.
+        let mut out = std::io::stdout().lock();
+        out.write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|e| format!("writing to stdout: {e}"))
+    });
+}
+
+pub(crate) fn save_as_text_files<T: Data + TextRecord>(
+    stream: &DStream<T>,
+    prefix: &Path,
+    suffix: &str,
+) {
+    let prefix = prefix.to_path_buf();
+    let suffix = suffix.to_owned();
+    let node = stream.node();
+    let id = stream.graph().operator_id(
+        "save_as_text_files",
+        &format!("{}|{suffix}", prefix.display()),
+        &[stream.lineage()],
+    );
+    let label = format!("save_as_text_files#{id}");
+    let op = SaveText {
+        label,
+        node,
+        prefix,
+        suffix,
+    };
+    stream.graph().add_output(Arc::new(op));
+}
+
+struct SaveText<T> {
+    label: String,
+    node: Arc<NodeCell<T>>,
+    prefix: PathBuf,
+    suffix: String,
+}
+
+impl<T: Data + TextRecord> OutputOp for SaveText<T> {
+    fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn node(&self) -> Arc<dyn AnyNode> {
+        Arc::clone(&self.node) as Arc<dyn AnyNode>
+    }
+
+    fn run(&self, cx: &BatchCx, time: BatchTime) -> Result<bool> {
+        let Some(data) = self.node.get(cx, time)? else {
+            return Ok(false);
+        };
+        let dir = batch_dir(&self.prefix, &self.suffix, time);
+        write_text_files(cx, &dir, &data)?;
+        Ok(true)
+    }
+}
+
+/// `prefix-<batch time ms>[.suffix]`, as Spark names them.
+pub fn batch_dir(prefix: &Path, suffix: &str, time: BatchTime) -> PathBuf {
+    let mut name = prefix.as_os_str().to_os_string();
+    name.push(format!("-{}", time.as_millis()));
+    if !suffix.is_empty() {
+        name.push(".");
+        name.push(suffix);
+    }
+    PathBuf::from(name)
+}
+
+fn write_text_files<T: TextRecord + Sync + Send>(
+    cx: &BatchCx,
+    dir: &Path,
+    data: &BatchData<T>,
+) -> Result<()> {
+    let created = !dir.exists();
+    fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+    let write_part = |(i, part): (usize, &[T])| -> Result<()> {
+        let name = format!("part-{i:05}");
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let file = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+        let mut out = BufWriter::with_capacity(256 << 10, file);
+        let mut line = String::new();
+        for record in part {
+            line.clear();
+            record.write_text(&mut line);
+            line.push('\n');
+            out.write_all(line.as_bytes())
+                .map_err(|e| Error::io("write", &tmp, e))?;
+        }
+        let file = out
+            .into_inner()
+            .map_err(|e| Error::io("write", &tmp, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
+        let path = dir.join(&name);
+        fs::rename(&tmp, &path).map_err(|e| Error::io("rename into", &path, e))
+    };
+    let parts: Vec<(usize, &[T])> = data.partitions().enumerate().collect();
+    cx.pool.install(|| {
+        parts
+            .into_par_iter()
+            .map(write_part)
+            .collect::<Result<Vec<()>>>()
+    })?;
+    // A re-run with fewer partitions (another configuration) must not leave stale parts.
+    let entries = fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        let name = entry.file_name();
+        let stale = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("part-"))
+            .and_then(|n| n.parse::<usize>().ok())
+            .is_some_and(|i| i >= data.num_partitions());
+        if stale {
+            fs::remove_file(entry.path())
+                .map_err(|e| Error::io("remove stale", entry.path(), e))?;
+        }
+    }
+    let success = dir.join("_SUCCESS");
+    File::create(&success)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io("create", &success, e))?;
+    // The renames live in the directory: sync it, and its parent if we created it.
+    sync_dir(dir)?;
+    if let Some(parent) = dir
+        .parent()
+        .filter(|p| created && !p.as_os_str().is_empty())
+    {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("fsync directory", dir, e))
+}
+
+/// How a record is written as one line of text by `save_as_text_files` (Spark writes
+/// `toString`; tuples as `(a,b)`).
+pub trait TextRecord {
+    /// Appends the record's text (without a newline) to `out`.
+    fn write_text(&self, out: &mut String);
+}
+
+macro_rules! text_record_display {
+    ($($t:ty),*) => {$(
+        impl TextRecord for $t {
+            fn write_text(&self, out: &mut String) {
+                let _ = write!(out, "{self}");
+            }
+        }
+    )*};
+}
+
+text_record_display!(
+    Str, String, &str, bool, char, i8, i16, i32, i64, i128, isize, u8, u16, u32, u64, u128, usize,
+    f32, f64
+);
+
+impl<A: TextRecord, B: TextRecord> TextRecord for (A, B) {
+    fn write_text(&self, out: &mut String) {
+        out.push('(');
+        self.0.write_text(out);
+        out.push(',');
+        self.1.write_text(out);
+        out.push(')');
+    }
+}
+
+impl<A: TextRecord, B: TextRecord, C: TextRecord> TextRecord for (A, B, C) {
+    fn write_text(&self, out: &mut String) {
+        out.push('(');
+        self.0.write_text(out);
+        out.push(',');
+        self.1.write_text(out);
+        out.push(',');
+        self.2.write_text(out);
+        out.push(')');
+    }
+}
+
+impl<T: TextRecord> TextRecord for Option<T> {
+    fn write_text(&self, out: &mut String) {
+        match self {
+            Some(v) => {
+                out.push_str("Some(");
+                v.write_text(out);
+                out.push(')');
+            }
+            None => out.push_str("None"),
+        }
+    }
+}
+
+impl<T: TextRecord> TextRecord for Vec<T> {
+    fn write_text(&self, out: &mut String) {
+        out.push('[');
+        for (i, v) in self.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            v.write_text(out);
+        }
+        out.push(']');
+    }
+}

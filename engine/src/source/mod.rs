@@ -1,0 +1,58 @@
+//! Input streams: receivers (socket, custom) and direct inputs (directory, queue).
+//!
+//! A *receiver* runs for the life of the context, turns its source into blocks and stores
+//! them through its stream's [`crate::ReceivedBlockHandler`] (acknowledging its source, if
+//! it can, only after the store resolved). A *direct input* has no receiver: when a batch is
+//! generated, the driver asks it what the batch reads (the next queued records, the new files
+//! of a directory) and records that as the batch's blocks; the bytes are read when the batch
+//! runs. Either way a batch is a list of blocks per stream, and is recomputed from them.
+
+pub(crate) mod file;
+pub(crate) mod queue;
+pub(crate) mod receiver;
+pub(crate) mod socket;
+pub(crate) mod text;
+
+use std::sync::Arc;
+
+pub use receiver::{Receiver, ReceiverContext};
+pub use socket::SocketOptions;
+
+use crate::block::{StoredBlock, StreamId};
+use crate::clock::BoxFuture;
+use crate::error::Result;
+use crate::handler::ReceivedBlockHandler;
+use crate::time::BatchTime;
+
+/// An input stream of the graph.
+pub(crate) struct InputDef {
+    pub id: StreamId,
+    pub name: String,
+    pub kind: InputKind,
+}
+
+/// Starts a receiver task given its context.
+pub(crate) type ReceiverLauncher =
+    Box<dyn FnOnce(Arc<receiver::ReceiverShared>) -> BoxFuture<Result<()>> + Send>;
+
+pub(crate) enum InputKind {
+    /// Runs a receiver (started by the context).
+    Receiver(Option<ReceiverLauncher>),
+    /// Planned per batch by the driver.
+    Direct(Arc<dyn DirectInput>),
+}
+
+/// An input without a receiver: the driver plans each batch's blocks.
+pub(crate) trait DirectInput: Send + Sync + 'static {
+    /// Where the planned blocks' bytes are read from.
+    fn handler(&self) -> Arc<dyn ReceivedBlockHandler>;
+
+    /// The blocks of the batch at `time`; called once per batch, in time order, when the
+    /// batch is generated.
+    fn plan(&self, stream: StreamId, time: BatchTime) -> Result<Vec<StoredBlock>>;
+
+    /// Invalid records seen so far (for metrics).
+    fn invalid_records(&self) -> u64 {
+        0
+    }
+}
