@@ -34,6 +34,13 @@ fn first_thousand_lines_equal_the_reference() {
     let reference = data("lines-n1000-k10-s42.txt");
     let workload = baseline();
     assert_eq!(text(&workload, 0..1000), reference);
+    // Word i of the stream, by rank, is the i-th word of the text.
+    let words: Vec<&[u8]> = reference.split(|&b| b == b' ' || b == b'\n').collect();
+    for i in [0, 1, 9, 10, 4_321, 9_999] {
+        let word = workload.word(workload.rank_at(i)).unwrap();
+        assert_eq!(word.as_bytes(), words[i as usize], "word {i}");
+    }
+    assert_eq!(workload.word(10_000), None);
     // The vocabulary of seed 42 has duplicates drawn again, so that rule is exercised.
     assert!(workload.vocabulary_redraws() > 0);
 }
