@@ -87,6 +87,10 @@ pub struct Config {
     /// A replica on a peer that has been disconnected this long counts as lost (as does
     /// every replica on a peer that comes back as a new process), for [`crate::ReplicatedStore::repair`].
     pub peer_dead_after_ms: u64,
+    /// Block ids kept per peer for removals that could not be delivered (the peer was
+    /// down); they are retried by the repair pass once it is back. Beyond this the oldest
+    /// are dropped with a warning (find leftovers with `ReplicatedStore::list_remote`).
+    pub pending_removals_max: usize,
     /// Interval of the background repair that re-replicates blocks which lost replicas.
     /// 0 disables it (call [`crate::ReplicatedStore::repair`] yourself).
     pub repair_interval_ms: u64,
@@ -117,6 +121,7 @@ impl Default for Config {
             reconnect_backoff_max_ms: 2_000,
             peer_dead_after_ms: 5_000,
             repair_interval_ms: 1_000,
+            pending_removals_max: 1_000_000,
         }
     }
 }
@@ -158,6 +163,9 @@ impl Config {
             if value == 0 {
                 return bad(setting, "must be at least 1");
             }
+        }
+        if self.pending_removals_max == 0 {
+            return bad("pending_removals_max", "must be at least 1");
         }
         if self.peer_puts_in_flight_max > 4096 {
             return bad("peer_puts_in_flight_max", "must be at most 4096");

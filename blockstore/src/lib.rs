@@ -17,6 +17,22 @@
 //!   replication to `peer_replicas` of the given peers.
 //! - [`Config`]: every limit and timeout, validated once.
 //!
+//! # Using it from a receiver
+//!
+//! ```no_run
+//! # async fn example() -> blockstore::Result<()> {
+//! use blockstore::{Block, BlockId, Config, ReplicatedStore};
+//! let config = Config { node_name: "driver".into(), peer_replicas: 1, ..Config::default() };
+//! let store = ReplicatedStore::open(config, &["10.0.0.2:7070".into(), "10.0.0.3:7070".into()]).await?;
+//! // Incarnation: a number that grows at every driver start, recorded durably.
+//! let block = Block::new(BlockId::new(0, 7, 42), bytes::Bytes::from_static(b"lines..."), 1);
+//! match store.put(block).await {
+//!     Ok(_receipt) => { /* acknowledge the source up to this block */ }
+//!     Err(err) => { /* do not acknowledge; report `err` (it names peers and reasons); retry later */ }
+//! }
+//! # Ok(()) }
+//! ```
+//!
 //! # Guarantees
 //!
 //! **When a put counts as stored.** [`ReplicatedStore::put`] returns `Ok` only when
@@ -38,9 +54,12 @@
 //! power loss use the write-ahead-log mode.
 //!
 //! **Checksums.** A block's CRC-32 is computed when it is created ([`Block::new`]) and
-//! checked again when it is sent (while encoding the frame), when a peer stores it (the
-//! frame decoder checks it before anything is stored), and on every read (memory, spill
-//! file, or a peer's reply). A block that fails a check is never stored or returned.
+//! checked again when it is sent, when a peer stores it (the frame decoder checks it
+//! before anything is stored), and on every read (memory, spill file, or a peer's reply).
+//! A block that fails a check is never stored or returned. The send check is made once per
+//! put, just before the block is stored locally and sent to all its peers (and once per
+//! [`PeerClient::put`]); the frame CRC is derived from the block's checksum, so data that
+//! changed after that check fails the peer's frame check and is not stored there either.
 //!
 //! **Bounded everything.** Memory and disk per store, frame size (checked before a buffer
 //! is allocated), connections per server, puts in flight per peer, and every wait on a
@@ -66,6 +85,8 @@
 //! off; [`ReplicatedStore::repair`] runs it on demand) blocks with fewer than
 //! `peer_replicas` replicas that are not lost are copied to other connected peers, from the
 //! local copy or a surviving replica. A restarted peer is a valid target again at once.
+//! The same pass delivers removals that could not reach a peer when they were asked for
+//! (kept per peer, at most `pending_removals_max` ids).
 //!
 //! # Failure handling
 //!

@@ -94,6 +94,8 @@ struct Shared {
     put_slots: Semaphore,
     next_request_id: AtomicU64,
     connects: AtomicU64,
+    /// Connection attempts finished (successful or not).
+    attempts: AtomicU64,
     restarts_seen: AtomicU64,
     timeouts: AtomicU64,
     corrupt_frames: AtomicU64,
@@ -212,6 +214,7 @@ impl PeerClient {
             link_changes,
             next_request_id: AtomicU64::new(1),
             connects: AtomicU64::new(0),
+            attempts: AtomicU64::new(0),
             restarts_seen: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
             corrupt_frames: AtomicU64::new(0),
@@ -244,10 +247,25 @@ impl PeerClient {
 
     /// Waits until connected, at most `timeout`; returns whether it is.
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        self.wait_until(timeout, || self.is_connected()).await;
+        self.is_connected()
+    }
+
+    /// Waits until connected or the first connection attempt failed, at most `timeout`:
+    /// how long it is worth waiting at startup (a peer that refused is being retried in
+    /// the background anyway).
+    pub(crate) async fn wait_first_attempt(&self, timeout: Duration) {
+        self.wait_until(timeout, || {
+            self.is_connected() || self.shared.attempts.load(Ordering::SeqCst) > 0
+        })
+        .await;
+    }
+
+    async fn wait_until(&self, timeout: Duration, done: impl Fn() -> bool) {
         let mut changes = self.shared.link_changes.subscribe();
         let wait = async {
             loop {
-                if self.is_connected() {
+                if done() {
                     return;
                 }
                 if changes.changed().await.is_err() {
@@ -256,7 +274,6 @@ impl PeerClient {
             }
         };
         let _ = tokio::time::timeout(timeout, wait).await;
-        self.is_connected()
     }
 
     /// Connection state and counters.
@@ -294,12 +311,19 @@ impl PeerClient {
     /// its checksum and storing it). Bounded by `peer_put_timeout_ms`, the wait for one of
     /// the `peer_puts_in_flight_max` slots included.
     pub async fn put(&self, block: Block) -> Result<Tier> {
-        self.put_on_instance(block).await.map(|(tier, _)| tier)
+        self.put_on_instance(block, false)
+            .await
+            .map(|(tier, _)| tier)
     }
 
     /// [`PeerClient::put`], also returning the instance number of the peer process that
-    /// acknowledged it.
-    pub(crate) async fn put_on_instance(&self, block: Block) -> Result<(Tier, u64)> {
+    /// acknowledged it. `prechecked`: the caller verified the block's data against its
+    /// checksum just before (see [`protocol::encode_prechecked`]).
+    pub(crate) async fn put_on_instance(
+        &self,
+        block: Block,
+        prechecked: bool,
+    ) -> Result<(Tier, u64)> {
         let s = &self.shared;
         let timeout_ms = s.config.peer_put_timeout_ms;
         let deadline = Instant::now() + Config::duration(timeout_ms);
@@ -321,6 +345,7 @@ impl PeerClient {
             .request_on(
                 &conn,
                 Message::Put(block),
+                prechecked,
                 "put",
                 deadline,
                 timeout_ms,
@@ -452,6 +477,7 @@ impl Shared {
         self.request_on(
             &conn,
             message,
+            false,
             op,
             deadline,
             timeout_ms,
@@ -463,18 +489,26 @@ impl Shared {
     /// Sends one request on `conn` and waits for its reply until `deadline`. On timeout the
     /// connection is closed (see the module docs). Error replies become
     /// [`Error::PeerError`].
+    #[allow(clippy::too_many_arguments)]
     async fn request_on(
         &self,
         conn: &Arc<Connection>,
         message: Message,
+        prechecked: bool,
         op: &'static str,
         deadline: Instant,
         timeout_ms: u64,
         setting: &'static str,
     ) -> Result<Message> {
         let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
-        // Encoding a put checks the block's data against its checksum ("checked when sent").
-        let frame = protocol::encode(
+        // Encoding a put checks the block's data against its checksum ("checked when sent"),
+        // unless the caller just did.
+        let encode = if prechecked {
+            protocol::encode_prechecked
+        } else {
+            protocol::encode
+        };
+        let frame = encode(
             &Frame {
                 request_id,
                 message,
@@ -723,6 +757,7 @@ async fn supervise(shared: Arc<Shared>) {
                     instance = format_args!("{:016x}", conn.remote.instance),
                     "connected to peer"
                 );
+                shared.attempts.fetch_add(1, Ordering::SeqCst);
                 shared.set_link(Link::Up {
                     conn: Arc::clone(&conn),
                     since: Instant::now(),
@@ -750,6 +785,8 @@ async fn supervise(shared: Arc<Shared>) {
                     Link::Down { since, .. } => *since,
                     Link::Up { .. } => Instant::now(),
                 };
+                // Counted before the link changes, which is what wakes `wait_first_attempt`.
+                shared.attempts.fetch_add(1, Ordering::SeqCst);
                 shared.set_link(Link::Down {
                     since,
                     reason: err.to_string(),
@@ -793,6 +830,7 @@ async fn heartbeat_until_closed(
         let beat = shared.request_on(
             conn,
             Message::Ping,
+            false,
             "heartbeat",
             deadline,
             timeout_ms,

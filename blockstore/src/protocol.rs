@@ -272,6 +272,19 @@ impl EncodedFrame {
 /// data no longer matches is refused with [`Error::BlockCorrupt`]. Frames whose body would
 /// exceed `body_max_bytes` are refused too.
 pub fn encode(frame: &Frame, body_max_bytes: u32) -> Result<EncodedFrame> {
+    encode_inner(frame, body_max_bytes, false)
+}
+
+/// [`encode`] for a frame whose block the caller verified against its checksum just
+/// before (the replicated store checks a block once per put, however many peers it goes
+/// to). The frame CRC is derived from the block's checksum without reading the data; if
+/// the data changed after the caller's check, the receiving peer's frame check fails and
+/// nothing is stored, so skipping the re-read costs detection time, never safety.
+pub(crate) fn encode_prechecked(frame: &Frame, body_max_bytes: u32) -> Result<EncodedFrame> {
+    encode_inner(frame, body_max_bytes, true)
+}
+
+fn encode_inner(frame: &Frame, body_max_bytes: u32, data_checked: bool) -> Result<EncodedFrame> {
     let mut head = Vec::with_capacity(FRAME_HEADER_LEN + BLOCK_HEADER_LEN);
     head.extend_from_slice(&[0u8; 8]); // crc and body length, filled in below
     head.push(frame.message.kind());
@@ -305,7 +318,11 @@ pub fn encode(frame: &Frame, body_max_bytes: u32) -> Result<EncodedFrame> {
                     setting: "frame_body_max_bytes",
                 });
             }
-            let computed = block_crc32(block.data());
+            let computed = if data_checked {
+                block.crc32()
+            } else {
+                block_crc32(block.data())
+            };
             if computed != block.crc32() {
                 return Err(Error::BlockCorrupt {
                     block: block.id(),

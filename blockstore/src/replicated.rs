@@ -63,8 +63,9 @@ pub struct RemoveReport {
     pub local_removed: u64,
     /// Per peer reached: how many of the ids it held.
     pub peer_removed: Vec<(String, u64)>,
-    /// Peers not reached (they keep their copies until a later remove reaches them) and
-    /// local removals that failed.
+    /// Peers not reached and local removals that failed. Removals for peers not reached
+    /// are kept (up to `pending_removals_max` ids per peer) and retried by the repair
+    /// pass when the peer is back.
     pub failures: PeerFailures,
 }
 
@@ -77,7 +78,8 @@ pub struct RemoteListing {
     pub failures: PeerFailures,
 }
 
-/// What one [`ReplicatedStore::repair`] pass did.
+/// What one [`ReplicatedStore::repair`] pass did (it also delivers removals that could
+/// not reach a peer earlier).
 #[derive(Debug, Default)]
 pub struct RepairReport {
     /// Blocks whose replicas were examined.
@@ -88,6 +90,8 @@ pub struct RepairReport {
     pub replicas_dropped: u64,
     /// Blocks still below `peer_replicas` live-or-suspect replicas after the pass.
     pub under_replicated: Vec<BlockId>,
+    /// Removals delivered to peers that had been unreachable when they were asked for.
+    pub removals_delivered: u64,
     /// What went wrong on the way.
     pub failures: PeerFailures,
 }
@@ -107,6 +111,8 @@ struct Inner {
     peers: Vec<PeerClient>,
     /// Replicas of every block this store holds or put, by peer index and peer instance.
     locations: Mutex<HashMap<BlockId, Vec<Replica>>>,
+    /// Per peer index: removals not delivered yet (the peer was down).
+    pending_removals: Mutex<Vec<std::collections::VecDeque<BlockId>>>,
     next_peer: AtomicUsize,
 }
 
@@ -125,8 +131,8 @@ enum ReplicaState {
 
 impl ReplicatedStore {
     /// Opens the local store from `config`, starts a client for each peer address
-    /// (`host:port`), and waits until every peer is connected or
-    /// `connect_timeout_ms + handshake_timeout_ms` passed. Peers that are not up yet keep
+    /// (`host:port`), and waits until every peer is connected or failed its first attempt
+    /// (at most `connect_timeout_ms + handshake_timeout_ms`). Peers that are not up yet keep
     /// being retried in the background; puts need `peer_replicas` of them connected.
     pub async fn open(config: Config, peers: &[String]) -> Result<Self> {
         config.validate()?;
@@ -157,7 +163,7 @@ impl ReplicatedStore {
         let mut waits = JoinSet::new();
         for client in &clients {
             let client = client.clone();
-            waits.spawn(async move { client.wait_connected(wait).await });
+            waits.spawn(async move { client.wait_first_attempt(wait).await });
         }
         while waits.join_next().await.is_some() {}
         for client in &clients {
@@ -175,6 +181,7 @@ impl ReplicatedStore {
             local,
             peers: clients,
             locations: Mutex::new(HashMap::new()),
+            pending_removals: Mutex::new(vec![std::collections::VecDeque::new(); peers.len()]),
             next_peer: AtomicUsize::new(0),
         });
         let repair_task = (repair_ms > 0 && !inner.peers.is_empty())
@@ -321,21 +328,26 @@ impl ReplicatedStore {
             }
         }
         let mut calls = JoinSet::new();
-        for peer in &inner.peers {
+        for (index, peer) in inner.peers.iter().enumerate() {
             let peer = peer.clone();
             let ids = ids.to_vec();
             calls.spawn(async move {
                 let result = peer.remove(&ids).await;
-                (peer.addr().to_owned(), result)
+                (index, result)
             });
         }
         while let Some(joined) = calls.join_next().await {
             match joined {
-                Ok((peer, Ok(count))) => report.peer_removed.push((peer, count)),
-                Ok((peer, Err(err))) => report.failures.0.push(PeerFailure {
-                    peer,
-                    outcome: PeerOutcome::Failed(Box::new(err)),
-                }),
+                Ok((index, Ok(count))) => report
+                    .peer_removed
+                    .push((inner.peers[index].addr().to_owned(), count)),
+                Ok((index, Err(err))) => {
+                    inner.defer_removals(index, ids);
+                    report.failures.0.push(PeerFailure {
+                        peer: inner.peers[index].addr().to_owned(),
+                        outcome: PeerOutcome::Failed(Box::new(err)),
+                    });
+                }
                 Err(join) => tracing::error!(error = %join, "remove task failed"),
             }
         }
@@ -464,7 +476,8 @@ impl Inner {
     }
 
     /// Puts `block` on peers taken from `order` until `need` acknowledged, at most `need`
-    /// at a time; a failed peer is replaced by the next in `order`.
+    /// at a time; a failed peer is replaced by the next in `order`. The caller verified the
+    /// block's checksum just before (so the frames are encoded without re-reading it).
     async fn place(
         &self,
         block: &Block,
@@ -474,44 +487,60 @@ impl Inner {
         let mut replicas = Vec::new();
         let mut stored = Vec::new();
         let mut failures = Vec::new();
-        let mut next = 0;
-        let mut calls = JoinSet::new();
-        let launch = |calls: &mut JoinSet<_>, next: &mut usize| {
-            let index = order[*next];
-            *next += 1;
-            let peer = self.peers[index].clone();
-            let block = block.clone();
-            calls.spawn(async move { (index, peer.put_on_instance(block).await) });
+        let mut outcome = |index: usize, result: Result<(Tier, u64)>| match result {
+            Ok((tier, instance)) => {
+                replicas.push(Replica {
+                    peer: index,
+                    instance,
+                });
+                stored.push(ReplicaInfo {
+                    peer: self.peers[index].addr().to_owned(),
+                    tier,
+                });
+            }
+            Err(err) => failures.push(PeerFailure {
+                peer: self.peers[index].addr().to_owned(),
+                outcome: PeerOutcome::Failed(Box::new(err)),
+            }),
         };
-        while calls.len() < need && next < order.len() {
-            launch(&mut calls, &mut next);
-        }
-        while let Some(joined) = calls.join_next().await {
-            match joined {
-                Ok((index, Ok((tier, instance)))) => {
-                    replicas.push(Replica {
-                        peer: index,
-                        instance,
-                    });
-                    stored.push(ReplicaInfo {
-                        peer: self.peers[index].addr().to_owned(),
-                        tier,
-                    });
+        if need == 1 {
+            // The common case, without spawning: one peer at a time, in order.
+            for &index in order {
+                let result = self.peers[index].put_on_instance(block.clone(), true).await;
+                let ok = result.is_ok();
+                outcome(index, result);
+                if ok {
+                    break;
                 }
-                Ok((index, Err(err))) => {
-                    failures.push(PeerFailure {
-                        peer: self.peers[index].addr().to_owned(),
-                        outcome: PeerOutcome::Failed(Box::new(err)),
-                    });
-                    if next < order.len() {
-                        launch(&mut calls, &mut next);
+            }
+        } else {
+            let mut next = 0;
+            let mut calls = JoinSet::new();
+            let launch = |calls: &mut JoinSet<_>, next: &mut usize| {
+                let index = order[*next];
+                *next += 1;
+                let peer = self.peers[index].clone();
+                let block = block.clone();
+                calls.spawn(async move { (index, peer.put_on_instance(block, true).await) });
+            };
+            while calls.len() < need && next < order.len() {
+                launch(&mut calls, &mut next);
+            }
+            while let Some(joined) = calls.join_next().await {
+                match joined {
+                    Ok((index, result)) => {
+                        let failed = result.is_err();
+                        outcome(index, result);
+                        if failed && next < order.len() {
+                            launch(&mut calls, &mut next);
+                        }
                     }
-                }
-                Err(join) => {
-                    // A put task cannot panic short of a bug; count it as a failed peer.
-                    tracing::error!(error = %join, "replication task failed");
-                    if next < order.len() {
-                        launch(&mut calls, &mut next);
+                    Err(join) => {
+                        // A put task cannot panic short of a bug; count it as a failed peer.
+                        tracing::error!(error = %join, "replication task failed");
+                        if next < order.len() {
+                            launch(&mut calls, &mut next);
+                        }
                     }
                 }
             }
@@ -544,6 +573,56 @@ impl Inner {
         }
     }
 
+    /// Keeps removals for a peer that could not be reached, within `pending_removals_max`.
+    fn defer_removals(&self, peer: usize, ids: &[BlockId]) {
+        let max = self.config.pending_removals_max;
+        let mut pending = self
+            .pending_removals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let queue = &mut pending[peer];
+        queue.extend(ids.iter().copied());
+        if queue.len() > max {
+            let dropped = queue.len() - max;
+            queue.drain(..dropped);
+            tracing::warn!(
+                peer = self.peers[peer].addr(),
+                dropped,
+                "`pending_removals_max` reached: forgetting the oldest undelivered removals; \
+                 list_remote finds what they leave behind"
+            );
+        }
+    }
+
+    /// Delivers removals kept for peers that are connected again.
+    async fn retry_removals(&self, report: &mut RepairReport) {
+        for (index, peer) in self.peers.iter().enumerate() {
+            if !peer.is_connected() {
+                continue;
+            }
+            let ids: Vec<BlockId> = {
+                let mut pending = self
+                    .pending_removals
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                pending[index].drain(..).collect()
+            };
+            if ids.is_empty() {
+                continue;
+            }
+            match peer.remove(&ids).await {
+                Ok(_) => report.removals_delivered += ids.len() as u64,
+                Err(err) => {
+                    self.defer_removals(index, &ids);
+                    report.failures.0.push(PeerFailure {
+                        peer: peer.addr().to_owned(),
+                        outcome: PeerOutcome::Failed(Box::new(err)),
+                    });
+                }
+            }
+        }
+    }
+
     fn record(&self, id: BlockId, replicas: &[Replica]) {
         let mut locations = self.lock_locations();
         let entry = locations.entry(id).or_default();
@@ -555,6 +634,7 @@ impl Inner {
 
     async fn repair(&self) -> RepairReport {
         let mut report = RepairReport::default();
+        self.retry_removals(&mut report).await;
         let need = self.config.peer_replicas;
         let snapshot: Vec<(BlockId, Vec<Replica>)> = self
             .lock_locations()
@@ -642,10 +722,12 @@ async fn repair_loop(inner: Weak<Inner>, interval_ms: u64) {
         ticker.tick().await;
         let Some(inner) = inner.upgrade() else { return };
         let report = inner.repair().await;
-        if report.replicas_made > 0 || report.replicas_dropped > 0 {
+        if report.replicas_made > 0 || report.replicas_dropped > 0 || report.removals_delivered > 0
+        {
             tracing::info!(
                 made = report.replicas_made,
                 dropped = report.replicas_dropped,
+                removals_delivered = report.removals_delivered,
                 under_replicated = report.under_replicated.len(),
                 "re-replicated blocks that lost replicas"
             );
@@ -659,3 +741,21 @@ async fn repair_loop(inner: Weak<Inner>, interval_ms: u64) {
         }
     }
 }
+
+// The engine shares these across tasks and spawns their futures: keep them Send + Sync.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    fn sendable<T: Send>(_: T) {}
+    shared::<ReplicatedStore>();
+    shared::<BlockManager>();
+    shared::<PeerClient>();
+    shared::<crate::BlockServer>();
+    fn futures(store: &ReplicatedStore, block: Block, id: BlockId) {
+        sendable(store.put(block));
+        sendable(store.get(&id));
+        sendable(store.remove(&[]));
+        sendable(store.repair());
+        sendable(store.list_remote());
+    }
+    let _ = futures;
+};

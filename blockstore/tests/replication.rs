@@ -606,3 +606,38 @@ async fn a_block_too_large_for_a_frame_is_refused_before_sending() {
     assert_eq!(servers[0].stats().corrupt_frames, 0);
     assert!(!store.local().contains(&block(1, 1, 1).id()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removals_for_an_unreachable_peer_are_delivered_when_it_is_back() {
+    let servers = start_servers(2).await;
+    let proxy = Proxy::start(servers[0].local_addr()).await;
+    let peers = vec![proxy.addr.to_string(), servers[1].local_addr().to_string()];
+    let store = ReplicatedStore::open(driver_config(1), &peers)
+        .await
+        .unwrap();
+    let blocks: Vec<_> = (0..6).map(|i| block(3, i, 2000)).collect();
+    for b in &blocks {
+        store.put(b.clone()).await.unwrap();
+    }
+    assert_eq!(servers[0].manager().list().len(), 3);
+    proxy.stall(true);
+    assert!(eventually(Duration::from_secs(3), || !store.peers()[0].connected).await);
+    let ids: Vec<_> = blocks.iter().map(|b| b.id()).collect();
+    let report = store.remove(&ids).await;
+    assert_eq!(report.local_removed, 6);
+    assert_eq!(report.failures.0.len(), 1, "{}", report.failures);
+    assert_eq!(report.failures.0[0].peer, peers[0]);
+    assert_eq!(report.peer_removed, vec![(peers[1].clone(), 3)]);
+    assert_eq!(
+        servers[0].manager().list().len(),
+        3,
+        "the unreachable peer still holds its copies"
+    );
+    proxy.stall(false);
+    assert!(eventually(Duration::from_secs(3), || store.peers()[0].connected).await);
+    let repair = store.repair().await;
+    assert_eq!(repair.removals_delivered, 6, "{repair:?}");
+    assert!(servers[0].manager().list().is_empty());
+    // Delivered once: the next pass has nothing left to send.
+    assert_eq!(store.repair().await.removals_delivered, 0);
+}

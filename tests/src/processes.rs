@@ -198,6 +198,37 @@ impl Executor {
         assert!(status.success(), "kill -{name} {} failed", self.pid());
     }
 
+    /// SIGSTOP, then waits until every thread of the process is stopped (a thread already
+    /// running in user space finishes its time slice first, and could still answer a
+    /// request sent right after the signal).
+    pub fn stop(&self) {
+        self.signal("STOP");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let task_dir = format!("/proc/{}/task", self.pid());
+        loop {
+            let all_stopped = std::fs::read_dir(&task_dir)
+                .map(|tasks| {
+                    tasks.flatten().all(|task| {
+                        let stat =
+                            std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+                        // The state is the first field after the parenthesised name.
+                        stat.rsplit_once(')')
+                            .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+                    })
+                })
+                .unwrap_or(false);
+            if all_stopped {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "executor {} did not stop",
+                self.pid()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// Waits for the process to exit, at most `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
