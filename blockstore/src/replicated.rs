@@ -355,6 +355,21 @@ impl ReplicatedStore {
         report
     }
 
+    /// Drops the local copies of blocks but keeps their peer replicas (and the knowledge
+    /// of where they are): for blocks the engine has consumed, whose bytes it will only
+    /// need again to recompute after a failure. [`ReplicatedStore::get`] then reads them
+    /// from a replica, and repair still keeps `peer_replicas` of them. Returns how many
+    /// local copies were dropped.
+    pub async fn release_local(&self, ids: &[BlockId]) -> Result<u64> {
+        let mut released = 0;
+        for id in ids {
+            if self.inner.local.remove(id).await? {
+                released += 1;
+            }
+        }
+        Ok(released)
+    }
+
     /// Lists every block on every reachable peer: how a restarted driver discovers what
     /// its predecessor replicated (to fetch it with [`ReplicatedStore::get`], or to remove
     /// what no checkpoint references any more).

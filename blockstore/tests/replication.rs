@@ -641,3 +641,33 @@ async fn removals_for_an_unreachable_peer_are_delivered_when_it_is_back() {
     // Delivered once: the next pass has nothing left to send.
     assert_eq!(store.repair().await.removals_delivered, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn released_local_copies_are_read_from_replicas_and_still_repaired() {
+    let mut servers = start_servers(3).await;
+    let peers = addrs(&servers);
+    let store = ReplicatedStore::open(driver_config(2), &peers)
+        .await
+        .unwrap();
+    let blocks: Vec<_> = (0..6).map(|i| block(8, i, 4000)).collect();
+    for b in &blocks {
+        store.put(b.clone()).await.unwrap();
+    }
+    let ids: Vec<_> = blocks.iter().map(|b| b.id()).collect();
+    assert_eq!(store.release_local(&ids).await.unwrap(), 6);
+    assert!(store.local().list().is_empty());
+    for b in &blocks {
+        assert_eq!(&store.get(&b.id()).await.unwrap(), b, "read from a replica");
+    }
+    // A peer dies: repair copies from a surviving replica, since there is no local copy.
+    servers.remove(0).shutdown().await;
+    assert!(eventually(Duration::from_secs(3), || !store.peers()[0].connected).await);
+    tokio::time::sleep(Duration::from_millis(600)).await; // past `peer_dead_after_ms`
+    let report = store.repair().await;
+    assert!(report.under_replicated.is_empty(), "{report:?}");
+    for b in &blocks {
+        let live = store.live_replicas(&b.id());
+        assert_eq!(live.len(), 2, "{}: {live:?}", b.id());
+        assert!(!live.contains(&peers[0]));
+    }
+}
