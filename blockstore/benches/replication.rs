@@ -348,28 +348,23 @@ fn main() {
         opts.mib, opts.window_mib, opts.rounds
     );
     println!(
-        "| block | puts in flight | mode | MB/s | blocks/s | p50 ms | p99 ms | vs local | driver CPU s/GiB | executors CPU s/GiB |"
+        "| block | puts in flight | mode | MB/s | blocks/s | p50 ms | p99 ms | driver CPU s/GiB | executors CPU s/GiB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    let mut local_mbps = 0.0;
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (c, &(size, conc, _, mode)) in configs.iter().enumerate() {
         let s = &samples[c];
         let mbps = median(s.iter().map(|x| x.mb_per_s).collect());
-        if mode == Mode::LocalOnly {
-            local_mbps = mbps;
-        }
         let size_label = if size >= 1 << 20 {
             format!("{} MiB", size >> 20)
         } else {
             format!("{} KiB", size >> 10)
         };
         println!(
-            "| {size_label} | {conc} | {} | {mbps:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+            "| {size_label} | {conc} | {} | {mbps:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
             mode.name(),
             median(s.iter().map(|x| x.blocks_per_s).collect()),
             median(s.iter().map(|x| x.p50_ms).collect()),
             median(s.iter().map(|x| x.p99_ms).collect()),
-            mbps / local_mbps,
             median(s.iter().map(|x| x.driver_cpu_s_per_gib).collect()),
             if mode == Mode::LocalOnly {
                 "-".to_owned()
