@@ -52,6 +52,12 @@ pub struct Config {
     pub server_idle_timeout_ms: u64,
     /// How long the rest of a frame may take once its header arrived (on both sides).
     pub frame_read_timeout_ms: u64,
+    /// Bytes of frame bodies a server holds at once over all its connections while it
+    /// reads and handles them (a stored block's bytes then count against
+    /// `memory_max_bytes` instead). Bounds the memory of frames in flight to this rather
+    /// than `server_connections_max` times `frame_body_max_bytes`; a connection whose frame
+    /// does not fit waits (within `frame_read_timeout_ms`). At least `frame_body_max_bytes`.
+    pub server_frame_bytes_in_flight_max: u64,
     /// How long a server waits for space when its memory and disk are full, before it
     /// refuses a replica with a `store full` error (the driver then tries another peer).
     /// Kept short: a server handles a connection's requests in order, so a waiting put
@@ -110,6 +116,7 @@ impl Default for Config {
             server_idle_timeout_ms: 30_000,
             frame_read_timeout_ms: 10_000,
             server_put_wait_max_ms: 100,
+            server_frame_bytes_in_flight_max: 512 << 20,
             peer_replicas: 1,
             peer_puts_in_flight_max: 8,
             peer_put_timeout_ms: 5_000,
@@ -202,6 +209,14 @@ impl Config {
             return bad(
                 "reconnect_backoff_initial_ms",
                 "must not exceed `reconnect_backoff_max_ms`",
+            );
+        }
+        if self.server_frame_bytes_in_flight_max < u64::from(self.frame_body_max_bytes)
+            || self.server_frame_bytes_in_flight_max > 1 << 40
+        {
+            return bad(
+                "server_frame_bytes_in_flight_max",
+                "must be at least `frame_body_max_bytes` (a frame must fit) and at most 1 TiB",
             );
         }
         if self.server_put_wait_max_ms >= self.heartbeat_timeout_ms {

@@ -62,7 +62,8 @@
 //! changed after that check fails the peer's frame check and is not stored there either.
 //!
 //! **Bounded everything.** Memory and disk per store, frame size (checked before a buffer
-//! is allocated), connections per server, puts in flight per peer, and every wait on a
+//! is allocated), frame bytes a server holds at once over all connections, connections
+//! per server, puts in flight per peer, undelivered removals per peer, and every wait on a
 //! peer have a limit in [`Config`]. No queue grows without bound.
 //!
 //! # Replication policy

@@ -72,6 +72,9 @@ impl Counters {
 
 struct Shared {
     config: Config,
+    /// Permits are bytes of frame bodies being read or handled
+    /// (`server_frame_bytes_in_flight_max`).
+    frame_budget: Semaphore,
     identity: NodeIdentity,
     manager: BlockManager,
     counters: Counters,
@@ -118,6 +121,7 @@ impl BlockServer {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let identity = NodeIdentity::new(config.node_name.clone());
         let shared = Arc::new(Shared {
+            frame_budget: Semaphore::new(config.server_frame_bytes_in_flight_max as usize),
             config,
             identity,
             manager,
@@ -393,6 +397,26 @@ async fn request_loop(
             Ok(Err(err)) => return corrupt_or_lost(writer, 0, err, shared).await,
         };
         let request_id = pending.request_id();
+        // Memory for the body is taken from the server-wide budget first; the permit is
+        // held until the request is handled (a stored block is then the manager's to
+        // account for).
+        let budget = tokio::time::timeout(
+            Config::duration(frame_ms),
+            shared.frame_budget.acquire_many(pending.body_len()),
+        )
+        .await;
+        let _permit = match budget {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return End::Shutdown,
+            Err(_) => {
+                return End::Error(Error::Timeout {
+                    peer: peer.to_owned(),
+                    op: "waiting for frame memory",
+                    after_ms: frame_ms,
+                    setting: "server_frame_bytes_in_flight_max",
+                });
+            }
+        };
         let frame =
             match tokio::time::timeout(Config::duration(frame_ms), reader.read_body(pending)).await
             {

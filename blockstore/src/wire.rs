@@ -36,6 +36,11 @@ impl PendingFrame {
     pub(crate) fn request_id(&self) -> u64 {
         self.header.request_id
     }
+
+    /// The body length the header claims (already checked against the limit).
+    pub(crate) fn body_len(&self) -> u32 {
+        self.header.body_len
+    }
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {

@@ -671,3 +671,32 @@ async fn released_local_copies_are_read_from_replicas_and_still_repaired() {
         assert!(!live.contains(&peers[0]));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_memory_budget_of_one_frame_serves_many_clients() {
+    // The server may hold only one frame body at a time across all connections; four
+    // clients putting near-maximal frames concurrently must all get through, in turn.
+    let body_max = 256 * 1024;
+    let config = Config {
+        frame_body_max_bytes: body_max,
+        server_frame_bytes_in_flight_max: u64::from(body_max),
+        ..fast_config("tight")
+    };
+    let server = BlockServer::bind("127.0.0.1:0", config.clone())
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for c in 0..4u32 {
+        let client = PeerClient::start(server.local_addr().to_string(), config.clone()).unwrap();
+        assert!(client.wait_connected(Duration::from_secs(2)).await);
+        tasks.push(tokio::spawn(async move {
+            for i in 0..10 {
+                client.put(block(c, i, 250 * 1024)).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(server.manager().list().len(), 40);
+}

@@ -97,6 +97,10 @@ fn config_from(args: &Args) -> anyhow::Result<Config> {
         server_connections_max: args
             .connections_max
             .unwrap_or(defaults.server_connections_max),
+        // Room for at least one frame of the size allowed.
+        server_frame_bytes_in_flight_max: defaults
+            .server_frame_bytes_in_flight_max
+            .max(u64::from(frame_body_max_bytes)),
         ..defaults
     };
     if let Err(err) = config.validate() {
