@@ -322,6 +322,10 @@ pub enum Verdict {
         offset: u64,
         /// Bytes that opening the log discards.
         bytes_discarded: u64,
+        /// Whether every discarded byte is zero: preallocated space after the last record
+        /// of a log that was not closed cleanly, or a write whose data never reached the
+        /// disk.
+        all_zero: bool,
     },
     /// The newest segment was being created when a crash hit and holds nothing valid;
     /// opening the log deletes it.
@@ -410,10 +414,22 @@ impl std::fmt::Display for Verdict {
                 segment,
                 offset,
                 bytes_discarded,
+                all_zero: false,
             } => write!(
                 f,
                 "torn tail in {segment} at byte {offset} ({bytes_discarded} bytes after the \
                  last valid record; opening the log cuts them off)"
+            ),
+            Verdict::TornTail {
+                segment,
+                offset,
+                bytes_discarded,
+                all_zero: true,
+            } => write!(
+                f,
+                "unwritten tail in {segment} at byte {offset} ({bytes_discarded} zero bytes \
+                 after the last valid record: preallocated space of a log that was not closed \
+                 cleanly, or a write that never reached the disk; opening the log cuts them off)"
             ),
             Verdict::TornSegment { segment, len_bytes } => write!(
                 f,
@@ -530,7 +546,7 @@ pub fn analyze(
             row.decision,
             &name,
             id,
-            data.len() as u64,
+            data,
             &scan,
             gap_detail,
             expected_id,
@@ -593,17 +609,21 @@ fn segment_verdict(
     decision: Decision,
     name: &str,
     id: SegmentId,
-    len_bytes: u64,
+    data: &[u8],
     scan: &SegmentScan,
     gap_detail: String,
     expected_id: SegmentId,
 ) -> Verdict {
+    let len_bytes = data.len() as u64;
     match decision {
         Decision::Accept => Verdict::Clean,
         Decision::TruncateTail => Verdict::TornTail {
             segment: name.to_owned(),
             offset: scan.valid_len,
             bytes_discarded: len_bytes - scan.valid_len,
+            all_zero: data
+                .get(scan.valid_len as usize..)
+                .is_some_and(|t| t.iter().all(|&b| b == 0)),
         },
         Decision::DiscardSegment => Verdict::TornSegment {
             segment: name.to_owned(),

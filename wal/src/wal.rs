@@ -184,13 +184,16 @@ impl std::fmt::Debug for Wal {
 
 impl Wal {
     /// Opens (creating if needed) a log in a local directory. The directory is created
-    /// with its missing parents, durably.
+    /// with its missing parents, durably. Segments are preallocated (see
+    /// [`DirSegmentStore`]'s "Preallocation").
     pub fn open_dir(path: impl AsRef<Path>, config: Config) -> Result<Wal> {
         config.validate()?;
         let path = path.as_ref();
         let dir = LocalDir::create(path)
             .map_err(|e| Error::io("open WAL directory", path.display().to_string(), e))?;
-        Wal::open(Arc::new(DirSegmentStore::new(Arc::new(dir))), config)
+        let store =
+            DirSegmentStore::with_preallocation(Arc::new(dir), config.segment_size_max_bytes);
+        Wal::open(Arc::new(store), config)
     }
 
     /// Opens a log for reading only: recovery is analysed but nothing is changed (a torn

@@ -30,7 +30,8 @@
 //!    the group with its Lsn, in Lsn order. So an append resolves only once its record is
 //!    durable, and a reader never sees a record that a crash could take back.
 //! 8. **Rotation.** A segment is sealed only after a sync covering all of it succeeded
-//!    (whatever the policy), and only then is the next segment created. So every segment
+//!    (whatever the policy) and its unused preallocated space was trimmed durably
+//!    ([`crate::store::SegmentWriter::finish`]), and only then is the next segment created. So every segment
 //!    but the newest is complete on disk, which is what lets recovery call damage in an
 //!    older segment corruption rather than a torn write. The new segment's directory entry
 //!    is made durable by its first sync, before any of its records resolves.
@@ -43,7 +44,8 @@
 //!     pages, and a retry could report success for bytes that are gone. Recovery is a
 //!     restart, which scans the log and cuts what was not durable.
 //! 11. **Shutdown.** Closing the log stops admission, lets the writer finish every queued
-//!     request, syncs what is unsynced (`UnsafeNoSync`) and ends the thread.
+//!     request, syncs what is unsynced (`UnsafeNoSync`), trims the active segment's unused
+//!     preallocated space (durably) and ends the thread.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -153,18 +155,23 @@ impl Writer {
         while let Some(group) = self.next_group() {
             self.commit(group);
         }
-        if self.unsynced
-            && self.shared.poisoned().is_none()
-            && let Some(active) = self.active.as_mut()
-        {
-            match active.writer.sync() {
+        if self.shared.poisoned().is_some() {
+            return;
+        }
+        if let Some(active) = self.active.as_mut() {
+            let name = || self.shared.store.segment_name(active.id);
+            let result = if self.unsynced {
+                active.writer.sync()
+            } else {
+                Ok(())
+            };
+            match result.and_then(|()| active.writer.finish()) {
                 Ok(()) => {
                     let end = self.next_lsn.get();
                     self.shared.durable_end.store(end, Ordering::Release);
                 }
                 Err(e) => {
-                    let name = self.shared.store.segment_name(active.id);
-                    let err = self.shared.poison(Error::io("sync segment", name, e));
+                    let err = self.shared.poison(Error::io("sync segment", name(), e));
                     tracing::error!(error = %err, "final sync at close failed");
                 }
             }
@@ -390,12 +397,15 @@ impl Writer {
             shared.stats.syncs.fetch_add(1, Ordering::Relaxed);
         }
         self.publish();
+        let mut sealed = Ok(());
         if !self.unsynced {
             shared
                 .durable_end
                 .store(self.next_lsn.get(), Ordering::Release);
             if shared.store.seals_on_sync() {
-                self.seal_active();
+                // The records are durable whatever sealing does; it only decides whether
+                // the log can go on.
+                sealed = self.seal_active();
             }
         }
         // Rule 7: resolve only after publishing.
@@ -406,7 +416,7 @@ impl Writer {
         for framed in self.part.drain(..) {
             let _ = framed.done.send(Ok(framed.lsn));
         }
-        Ok(())
+        sealed
     }
 
     /// Makes the written records visible to readers.
@@ -438,7 +448,7 @@ impl Writer {
             if self.unsynced {
                 self.finish_part(true)?;
             }
-            self.seal_active();
+            self.seal_active()?;
         }
         let id = self.next_segment_id;
         let header = SegmentHeader {
@@ -478,15 +488,26 @@ impl Writer {
         Ok(())
     }
 
-    /// Stops writing to the active segment for good and hands readers a mapping of it.
-    fn seal_active(&mut self) {
-        let Some(active) = self.active.take() else {
-            return;
+    /// Stops writing to the active segment for good (trimming preallocated space, durably)
+    /// and hands readers a mapping of it.
+    fn seal_active(&mut self) -> Result<()> {
+        let Some(mut active) = self.active.take() else {
+            return Ok(());
         };
         debug_assert!(
             !self.unsynced,
             "a segment is sealed only once all of it is durable"
         );
+        if let Err(e) = active.writer.finish() {
+            let name = self.shared.store.segment_name(active.id);
+            let len = active.writer.size_bytes();
+            return Err(self.shared.poison(Error::io_at(
+                "finish (trim and sync) segment",
+                name,
+                len,
+                e,
+            )));
+        }
         // A failed mapping is not a durability problem: readers fall back to read_at.
         let sealed = self.shared.store.read(active.id).ok();
         let mut index = self.shared.write_index();
@@ -497,6 +518,7 @@ impl Writer {
         {
             segment.sealed = sealed;
         }
+        Ok(())
     }
 
     fn last_durable_lsn(&self) -> Option<Lsn> {

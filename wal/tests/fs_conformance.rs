@@ -13,6 +13,7 @@ use wal::fs;
 for_each_backend!(
     create_new_is_exclusive,
     writes_append_and_read_back,
+    write_at_overwrites_in_place,
     set_len_truncates_and_extends_with_zeros,
     rename_replaces_the_target,
     remove_and_missing_files,
@@ -54,6 +55,24 @@ fn writes_append_and_read_back(backend: &dyn Backend) {
     let err = again.read_exact_at(8, &mut buf).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::UnexpectedEof);
     assert_eq!(fs::read_all(dir.as_ref(), "a").unwrap(), b"hello world");
+}
+
+fn write_at_overwrites_in_place(backend: &dyn Backend) {
+    let dir = backend.dir();
+    let mut file = dir.create_new("a").unwrap();
+    file.write_all(&[0u8; 10]).unwrap();
+    file.write_at(2, b"ab").unwrap(); // inside: overwrites, length unchanged
+    assert_eq!(file.size_bytes().unwrap(), 10);
+    file.write_at(12, b"cd").unwrap(); // past the end: the gap reads as zeros
+    file.write_all(b"e").unwrap(); // appends after the new end
+    file.sync_data().unwrap();
+    drop(file);
+    let mut again = dir.open_append("a").unwrap();
+    again.write_at(0, b"z").unwrap();
+    assert_eq!(
+        fs::read_all(dir.as_ref(), "a").unwrap(),
+        b"z\0ab\0\0\0\0\0\0\0\0cde"
+    );
 }
 
 fn set_len_truncates_and_extends_with_zeros(backend: &dyn Backend) {

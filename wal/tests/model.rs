@@ -103,8 +103,11 @@ fn check_recovered(wal: &Wal, model: &mut Model, context: &str) {
     model.durable = end; // after recovery everything present is durable
 }
 
-fn run(policy: SyncPolicy, segment_size_max_bytes: u64, actions: &[Action]) {
-    let backend = Sim { sim: SimDir::new() };
+fn run(policy: SyncPolicy, segment_size_max_bytes: u64, preallocate: bool, actions: &[Action]) {
+    let backend = Sim {
+        sim: SimDir::new(),
+        preallocate,
+    };
     let config = Config {
         segment_size_max_bytes,
         record_size_max_bytes: 300,
@@ -225,8 +228,9 @@ proptest! {
     fn recovered_log_is_a_prefix_holding_every_durable_record(
         policy in policy(),
         segment_size_max_bytes in 400u64..4096,
+        preallocate in any::<bool>(),
         actions in prop::collection::vec(action(), 1..40),
     ) {
-        run(policy, segment_size_max_bytes, &actions);
+        run(policy, segment_size_max_bytes, preallocate, &actions);
     }
 }

@@ -1,7 +1,7 @@
 //! [`LocalDir`]: the [`Dir`] trait over real files.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -83,7 +83,7 @@ impl Dir for LocalDir {
         let path = self.path.join(name);
         let file = OpenOptions::new()
             .read(true)
-            .append(true)
+            .write(true)
             .create_new(true)
             .open(&path)?;
         Ok(Box::new(LocalFile { file, path }))
@@ -92,7 +92,7 @@ impl Dir for LocalDir {
     fn open_append(&self, name: &str) -> io::Result<Box<dyn DirFile>> {
         check_name(name)?;
         let path = self.path.join(name);
-        let file = OpenOptions::new().read(true).append(true).open(&path)?;
+        let file = OpenOptions::new().read(true).write(true).open(&path)?;
         Ok(Box::new(LocalFile { file, path }))
     }
 
@@ -167,8 +167,14 @@ struct LocalFile {
 
 impl DirFile for LocalFile {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        // The file is opened with O_APPEND, so every write lands at the current end.
-        self.file.write_all(buf)
+        // Not O_APPEND: Linux ignores pwrite's offset on O_APPEND files, and write_at needs
+        // it. One writer per file (the trait's contract), so the end is the file's length.
+        let end = self.file.metadata()?.len();
+        self.file.write_all_at(buf, end)
+    }
+
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(buf, offset)
     }
 
     fn sync_data(&mut self) -> io::Result<()> {

@@ -1,8 +1,8 @@
 //! A directory of files, modelled as exactly the POSIX subset durable storage code needs.
 //!
-//! [`Dir`] is that subset: list, create a new file exclusively, open for append or read,
-//! append, `fdatasync`, truncate, rename, remove, fsync the directory, file length, and an
-//! advisory lock. It has two implementations:
+//! [`Dir`] is that subset: list, create a new file exclusively, open for writing or read,
+//! append or write at an offset (`pwrite`), `fdatasync`, truncate, rename, remove, fsync the
+//! directory, file length, and an advisory lock. It has two implementations:
 //!
 //! - [`LocalDir`]: real files. `sync_data` is `fdatasync(2)`, `sync_dir` is `fsync(2)` on the
 //!   directory, and [`Dir::read_immutable`] maps the file with memmap2.
@@ -52,12 +52,12 @@ pub trait Dir: Send + Sync + fmt::Debug {
     /// Names of the files in the directory, in no particular order.
     fn list(&self) -> io::Result<Vec<String>>;
 
-    /// Creates a new, empty file opened for appending and reading. Fails with
+    /// Creates a new, empty file opened for writing and reading. Fails with
     /// `AlreadyExists` if the name exists (`O_CREAT | O_EXCL`). The name is durable only
     /// after [`Dir::sync_dir`].
     fn create_new(&self, name: &str) -> io::Result<Box<dyn DirFile>>;
 
-    /// Opens an existing file for appending and reading.
+    /// Opens an existing file for writing and reading.
     fn open_append(&self, name: &str) -> io::Result<Box<dyn DirFile>>;
 
     /// Opens an existing file for reading only; writes through the handle fail.
@@ -94,11 +94,17 @@ pub trait Dir: Send + Sync + fmt::Debug {
     fn root(&self) -> PathBuf;
 }
 
-/// An open file of a [`Dir`]. Writes always append at the end.
+/// An open file of a [`Dir`]. One writer per file: a handle that writes assumes nobody
+/// else changes the file meanwhile.
 pub trait DirFile: Send + Sync + fmt::Debug {
     /// Appends all of `buf` at the end of the file. On error, a prefix of `buf` may have
     /// been written (for example up to a full disk); use [`DirFile::set_len`] to cut it.
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
+
+    /// Writes all of `buf` at `offset` (`pwrite(2)`), overwriting what is there and
+    /// extending the file if it ends before `offset + buf.len()` (a gap reads as zeros).
+    /// On error, a prefix of `buf` may have been written.
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()>;
 
     /// Makes the file's content and length durable (`fdatasync(2)`). Not the name: see
     /// [`Dir::sync_dir`].

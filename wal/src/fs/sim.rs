@@ -3,8 +3,8 @@
 //! # The model
 //!
 //! Each file (an *inode*) has its **durable** bytes, what survives a power loss, and a list
-//! of **pending** operations since its last successful `sync_data` (appends and length
-//! changes). Readers through the running process see the *current* bytes: durable plus
+//! of **pending** operations since its last successful `sync_data` (writes at an offset,
+//! appends being writes at the end, and length changes). Readers through the running process see the *current* bytes: durable plus
 //! every pending operation. The directory has its **durable entries** (name to inode) and
 //! the pending changes since the last `sync_dir` (link, unlink, rename), in order.
 //!
@@ -20,7 +20,8 @@
 //!   - *bit flip*: cut, and one bit flipped in the last 16 bytes before the cut (the
 //!     sector in flight was garbled and nothing after it was written);
 //!   - *zero fill*: the length of the whole write survived but its bytes from the cut on
-//!     are zeros (metadata written, data not).
+//!     are zeros (metadata written, data not); where the write overwrote existing bytes,
+//!     those keep their old content instead.
 //!
 //!   Damage is only ever at the end of what survives. Durable bytes are never changed by a
 //!   crash; media corruption of durable bytes is a separate, explicit call
@@ -35,8 +36,8 @@
 //! - [`SimDir::fail_sync_data_after`] / [`SimDir::fail_sync_dir_after`]: the next
 //!   `n + 1`-th call fails with `EIO`. A failing `sync_data` behaves as Linux does after a
 //!   writeback error: the pending pages are marked clean without being written, so the
-//!   file's durable length grows but those bytes are zeros, and a later `sync_data`
-//!   succeeds without ever writing them. Retrying a failed fsync therefore "works" and
+//!   file's durable length grows but the new bytes are zeros (overwritten bytes keep their
+//!   old content), and a later `sync_data` succeeds without ever writing them. Retrying a failed fsync therefore "works" and
 //!   still loses data, which is exactly what the model is for.
 //! - [`SimDir::set_capacity_bytes`]: a full disk. A write that does not fit writes what
 //!   fits and fails with `ENOSPC`, like `write(2)` followed by a retry.
@@ -146,6 +147,8 @@ struct State {
     generation: u64,
     locks: HashMap<String, u64>,
     sync_data_fail_after: Option<u64>,
+    /// Only syncs of the file currently under this name count towards the fault.
+    sync_data_fail_name: Option<String>,
     sync_dir_fail_after: Option<u64>,
     capacity_bytes: Option<u64>,
     stats: SimStats,
@@ -160,8 +163,11 @@ struct Inode {
 
 #[derive(Clone)]
 enum Pending {
-    /// Bytes appended at the end of the file as it was then.
-    Append(Vec<u8>),
+    /// Bytes written at an offset (an append is a write at the then end).
+    Write {
+        offset: u64,
+        data: Vec<u8>,
+    },
     SetLen(u64),
 }
 
@@ -308,7 +314,17 @@ impl SimDir {
     /// Makes the `n + 1`-th `sync_data` from now fail with `EIO` (`n = 0`: the next one).
     /// `None` clears the fault.
     pub fn fail_sync_data_after(&self, n: Option<u64>) {
-        self.lock_state().sync_data_fail_after = n;
+        let mut state = self.lock_state();
+        state.sync_data_fail_after = n;
+        state.sync_data_fail_name = None;
+    }
+
+    /// Like [`SimDir::fail_sync_data_after`], counting only syncs of the file that is
+    /// under `name` when it is synced (other threads may sync other files meanwhile).
+    pub fn fail_sync_data_of(&self, name: &str, n: Option<u64>) {
+        let mut state = self.lock_state();
+        state.sync_data_fail_after = n;
+        state.sync_data_fail_name = Some(name.to_owned());
     }
 
     /// Makes the `n + 1`-th `sync_dir` from now fail with `EIO`. `None` clears the fault.
@@ -417,51 +433,46 @@ fn crash_file(inode: &Inode, mode: CrashMode, rng: &mut SplitMix64) -> (Vec<u8>,
         apply(&mut bytes, op);
     }
     let mut outcome = format!("{kept_whole}/{} pending ops kept whole", ops.len());
-    if let (Some(Pending::Append(data)), false) =
+    if let (Some(Pending::Write { offset, data }), false) =
         (ops.get(kept_whole), matches!(damage, Damage::None))
     {
-        let start = bytes.len() as u64;
-        let cut = rng.below(data.len() as u64 + 1);
+        let start = *offset;
+        let len = data.len() as u64;
+        let cut = rng.below(len + 1);
+        write_into(&mut bytes, start, &data[..cut as usize]);
+        let end = start + cut;
         match damage {
             Damage::None => {}
-            Damage::Tear => {
-                bytes.extend_from_slice(&data[..cut as usize]);
-                outcome += &format!(", next write torn at byte {}", start + cut);
-            }
+            Damage::Tear => outcome += &format!(", next write torn at byte {end}"),
             Damage::Garbage => {
-                bytes.extend_from_slice(&data[..cut as usize]);
-                let sector_end = (start + cut).div_ceil(SECTOR_BYTES) * SECTOR_BYTES;
-                let end = sector_end.min(start + data.len() as u64);
-                for _ in start + cut..end {
-                    bytes.push(rng.next() as u8);
-                }
-                outcome += &format!(
-                    ", next write torn at byte {} then garbage to {end}",
-                    start + cut
-                );
+                let garbage_end = end.div_ceil(SECTOR_BYTES).max(1) * SECTOR_BYTES;
+                let garbage_end = garbage_end.min(start + len);
+                let garbage: Vec<u8> = (end..garbage_end).map(|_| rng.next() as u8).collect();
+                write_into(&mut bytes, end, &garbage);
+                outcome +=
+                    &format!(", next write torn at byte {end} then garbage to {garbage_end}");
             }
             Damage::Flip => {
-                bytes.extend_from_slice(&data[..cut as usize]);
                 let window = cut.min(FLIP_WINDOW_BYTES);
                 if window > 0 {
-                    let at = start + cut - 1 - rng.below(window);
+                    let at = end - 1 - rng.below(window);
                     let bit = 1u8 << rng.below(8);
                     bytes[at as usize] ^= bit;
                     outcome += &format!(
-                        ", next write torn at byte {} with bit {bit:#04x} flipped at byte {at}",
-                        start + cut
+                        ", next write torn at byte {end} with bit {bit:#04x} flipped at byte {at}"
                     );
                 } else {
-                    outcome += &format!(", next write torn at byte {}", start + cut);
+                    outcome += &format!(", next write torn at byte {end}");
                 }
             }
             Damage::Zero => {
-                bytes.extend_from_slice(&data[..cut as usize]);
-                bytes.resize(bytes.len() + data.len() - cut as usize, 0);
+                // The file's new length reached the disk, the data from the cut on did not.
+                if (bytes.len() as u64) < start + len {
+                    bytes.resize((start + len) as usize, 0);
+                }
                 outcome += &format!(
-                    ", next write zero-filled from byte {} to {}",
-                    start + cut,
-                    start + data.len() as u64
+                    ", next write zero-filled from byte {end} to {}",
+                    start + len
                 );
             }
         }
@@ -471,9 +482,19 @@ fn crash_file(inode: &Inode, mode: CrashMode, rng: &mut SplitMix64) -> (Vec<u8>,
 
 fn apply(bytes: &mut Vec<u8>, op: &Pending) {
     match op {
-        Pending::Append(data) => bytes.extend_from_slice(data),
+        Pending::Write { offset, data } => write_into(bytes, *offset, data),
         Pending::SetLen(len) => bytes.resize(*len as usize, 0),
     }
+}
+
+/// `pwrite` on a byte vector: extends with zeros up to `offset` if needed.
+fn write_into(bytes: &mut Vec<u8>, offset: u64, data: &[u8]) {
+    let offset = offset as usize;
+    let end = offset + data.len();
+    if bytes.len() < end {
+        bytes.resize(end, 0);
+    }
+    bytes[offset..end].copy_from_slice(data);
 }
 
 impl State {
@@ -701,18 +722,36 @@ impl SimFile {
 
 impl DirFile for SimFile {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        let end = self.size_bytes()?;
+        self.write_at(end, buf)
+    }
+
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
         self.check_writable()?;
         self.with(|state, id| {
             state.stats.writes += 1;
+            let current = state.inodes.get(&id).map_or(0, |i| i.current.len() as u64);
+            // Only bytes beyond the current end take new space.
+            let growth = (offset + buf.len() as u64).saturating_sub(current);
             let room = match state.capacity_bytes {
                 Some(cap) => cap.saturating_sub(state.used_bytes()),
                 None => u64::MAX,
             };
-            let fits = (buf.len() as u64).min(room) as usize;
+            let fits = if growth <= room {
+                buf.len()
+            } else {
+                // Write up to the end of the free space, like write(2) on a full disk.
+                (current + room)
+                    .saturating_sub(offset)
+                    .min(buf.len() as u64) as usize
+            };
             let inode = state.inodes.get_mut(&id).ok_or_else(stale)?;
             if fits > 0 {
-                inode.current.extend_from_slice(&buf[..fits]);
-                inode.pending.push(Pending::Append(buf[..fits].to_vec()));
+                write_into(&mut inode.current, offset, &buf[..fits]);
+                inode.pending.push(Pending::Write {
+                    offset,
+                    data: buf[..fits].to_vec(),
+                });
             }
             if fits < buf.len() {
                 return Err(io::Error::from_raw_os_error(ENOSPC));
@@ -724,16 +763,22 @@ impl DirFile for SimFile {
     fn sync_data(&mut self) -> io::Result<()> {
         self.with(|state, id| {
             state.stats.sync_data_calls += 1;
-            let fail = State::trip(&mut state.sync_data_fail_after);
+            let counts = match &state.sync_data_fail_name {
+                None => true,
+                Some(name) => state.entries.get(name) == Some(&id),
+            };
+            let fail = counts && State::trip(&mut state.sync_data_fail_after);
             let inode = state.inodes.get_mut(&id).ok_or_else(stale)?;
             if fail {
                 // Writeback failed: the kernel marks the pages clean without writing them.
                 // The durable length follows the pending operations, the bytes are zeros.
                 for op in std::mem::take(&mut inode.pending) {
                     match op {
-                        Pending::Append(data) => {
-                            let len = inode.durable.len() + data.len();
-                            inode.durable.resize(len, 0);
+                        Pending::Write { offset, data } => {
+                            let end = offset as usize + data.len();
+                            if inode.durable.len() < end {
+                                inode.durable.resize(end, 0);
+                            }
                         }
                         Pending::SetLen(len) => inode.durable.resize(len as usize, 0),
                     }
@@ -937,6 +982,22 @@ mod tests {
                 "{mode:?}: {report}"
             );
             assert!(after.len() <= 2100, "{mode:?}: {report}");
+        }
+    }
+
+    #[test]
+    fn torn_overwrite_keeps_the_old_bytes_after_the_cut() {
+        for seed in 0..50 {
+            let dir = SimDir::new();
+            let mut f = write(&dir, "a", &[0u8; 4096]);
+            f.sync_data().unwrap();
+            dir.sync_dir().unwrap();
+            f.write_at(100, &[9u8; 1000]).unwrap();
+            let report = dir.crash_with(CrashMode::ZeroFillLastWrite, seed);
+            let after = dir.contents("a").unwrap();
+            assert_eq!(after.len(), 4096, "an overwrite never changes the length: {report}");
+            let nines = after[100..1100].iter().take_while(|&&b| b == 9).count();
+            assert!(after[100 + nines..].iter().all(|&b| b == 0), "{report}");
         }
     }
 

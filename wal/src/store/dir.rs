@@ -1,7 +1,8 @@
 //! [`DirSegmentStore`]: segments as files in a [`Dir`].
 
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 
 use bytes::Bytes;
 
@@ -12,27 +13,70 @@ use crate::lsn::SegmentId;
 /// Name of the lock file that keeps a second writer out of a WAL directory.
 pub const LOCK_FILE_NAME: &str = "wal.lock";
 
+/// Prefix of the zero-filled files prepared for the next segment (with preallocation):
+/// `preallocated-<n>.wal.tmp`. Not segment names, so recovery and the tools ignore them; a
+/// writer removes stale ones when it starts preparing.
+pub const PREPARED_FILE_PREFIX: &str = "preallocated-";
+const PREPARED_FILE_SUFFIX: &str = ".wal.tmp";
+
+/// Bytes per write when zero-filling a prepared segment.
+const ZERO_CHUNK_BYTES: usize = 1 << 20;
+
 const SEGMENT_PREFIX: &str = "segment-";
 const SEGMENT_SUFFIX: &str = ".wal";
 
 /// One file per segment in a directory: `segment-00000000000000000001.wal`, ...
 ///
 /// The 20-digit zero-padded id makes names sort in creation order. Files with other names
-/// are ignored (the lock file, an operator's notes).
+/// are ignored (the lock file, the prepared file, an operator's notes).
+///
+/// # Preallocation
+///
+/// On most file systems an `fdatasync` after appending to a file must also commit the new
+/// file length (on ext4, a journal commit shared with every other writer on the file
+/// system), while an `fdatasync` after overwriting blocks that are already allocated and
+/// written only flushes the data. With [`DirSegmentStore::with_preallocation`], a
+/// background thread keeps one zero-filled, synced file ready
+/// ([`PREPARED_FILE_PREFIX`]); `create` writes the header into it and renames it to the
+/// segment's name, and appends then overwrite zeros. `finish` (at seal and close) trims
+/// the unused zeros, so a sealed segment ends exactly after its last record. A crash
+/// leaves zeros after the last record of the newest segment, which recovery treats as the
+/// torn tail it is (nothing valid follows) and cuts. If no prepared file is ready (or
+/// preparing fails, for example on a full disk), `create` falls back to a plain file that
+/// grows by appending: preallocation only ever changes speed, never what is durable.
 #[derive(Debug)]
 pub struct DirSegmentStore {
     dir: Arc<dyn Dir>,
     /// A read handle on the segment most recently read with `read_at` (the open segment,
     /// in practice), so reads of recent records do not reopen the file each time.
     reader: Mutex<Option<(SegmentId, Arc<dyn DirFile>)>>,
+    preparer: Option<Arc<Preparer>>,
 }
 
 impl DirSegmentStore {
-    /// A store over `dir`.
+    /// A store over `dir`, without preallocation.
     pub fn new(dir: Arc<dyn Dir>) -> DirSegmentStore {
         DirSegmentStore {
             dir,
             reader: Mutex::new(None),
+            preparer: None,
+        }
+    }
+
+    /// A store over `dir` that preallocates segments of `segment_bytes` (use the WAL's
+    /// `segment_size_max_bytes`). The background thread starts with the first `create`,
+    /// so a store only used for reading never writes.
+    pub fn with_preallocation(dir: Arc<dyn Dir>, segment_bytes: u64) -> DirSegmentStore {
+        let preparer = Arc::new(Preparer {
+            dir: Arc::clone(&dir),
+            bytes: segment_bytes,
+            state: Mutex::new(PrepState::default()),
+            wake: Condvar::new(),
+        });
+        DirSegmentStore {
+            dir,
+            reader: Mutex::new(None),
+            preparer: Some(preparer),
         }
     }
 
@@ -100,6 +144,32 @@ impl SegmentStore for DirSegmentStore {
 
     fn create(&self, id: SegmentId, header: &[u8]) -> io::Result<Box<dyn SegmentWriter>> {
         let name = Self::file_name(id);
+        if let Some((prepared, mut file)) = self.preparer.as_ref().and_then(|p| p.take_ready()) {
+            // rename() would silently replace an existing segment: refuse, as create_new does.
+            match self.dir.size_bytes(&name) {
+                Ok(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        format!("{name} already exists"),
+                    ));
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            let allocated = file.size_bytes()?;
+            // The header goes in before the rename: a segment name never shows another
+            // segment's bytes. Until the first sync the header may not be durable; a crash
+            // then leaves a newest segment without a valid header, which recovery deletes.
+            file.write_at(0, header)?;
+            self.dir.rename(&prepared, &name)?;
+            return Ok(Box::new(DirSegmentWriter {
+                file,
+                dir: Arc::clone(&self.dir),
+                position: header.len() as u64,
+                allocated,
+                name_synced: false,
+            }));
+        }
         let mut file = self.dir.create_new(&name)?;
         if let Err(e) = file.write_all(header) {
             // Leave no half-made segment behind (a full disk, typically), so that the next
@@ -112,7 +182,8 @@ impl SegmentStore for DirSegmentStore {
         Ok(Box::new(DirSegmentWriter {
             file,
             dir: Arc::clone(&self.dir),
-            len: header.len() as u64,
+            position: header.len() as u64,
+            allocated: header.len() as u64,
             name_synced: false,
         }))
     }
@@ -153,11 +224,22 @@ impl SegmentStore for DirSegmentStore {
     }
 }
 
+impl Drop for DirSegmentStore {
+    fn drop(&mut self) {
+        if let Some(preparer) = &self.preparer {
+            preparer.stop();
+        }
+    }
+}
+
 #[derive(Debug)]
 struct DirSegmentWriter {
     file: Box<dyn DirFile>,
     dir: Arc<dyn Dir>,
-    len: u64,
+    /// Where the next append goes: the end of the segment's data.
+    position: u64,
+    /// The file's length, which exceeds `position` while preallocated zeros remain.
+    allocated: u64,
     /// Whether the directory was fsynced since this segment was created. The first sync
     /// of a segment fsyncs the directory too, so the new name survives a crash before any
     /// record in it is acknowledged.
@@ -166,10 +248,11 @@ struct DirSegmentWriter {
 
 impl SegmentWriter for DirSegmentWriter {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        // On error a prefix may have been written; `len` stays at the last known good end
-        // and the WAL calls `rewind(len)` before doing anything else.
-        self.file.write_all(bytes)?;
-        self.len += bytes.len() as u64;
+        // On error a prefix may have been written; `position` stays at the last known good
+        // end and the WAL calls `rewind(position)` before doing anything else.
+        self.file.write_at(self.position, bytes)?;
+        self.position += bytes.len() as u64;
+        self.allocated = self.allocated.max(self.position);
         Ok(())
     }
 
@@ -183,13 +266,157 @@ impl SegmentWriter for DirSegmentWriter {
     }
 
     fn rewind(&mut self, len: u64) -> io::Result<()> {
+        // Cutting also drops any preallocated zeros: rare (a failed write), and simple.
         self.file.set_len(len)?;
-        self.len = len;
+        self.position = len;
+        self.allocated = len;
         Ok(())
     }
 
     fn size_bytes(&self) -> u64 {
-        self.len
+        self.position
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        if self.allocated > self.position {
+            self.file.set_len(self.position)?;
+            self.allocated = self.position;
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
+}
+
+/// Keeps one zero-filled, synced file ready for the next segment (see "Preallocation").
+#[derive(Debug)]
+struct Preparer {
+    dir: Arc<dyn Dir>,
+    bytes: u64,
+    state: Mutex<PrepState>,
+    wake: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct PrepState {
+    /// A prepared file and its name.
+    ready: Option<(String, Box<dyn DirFile>)>,
+    /// Number for the next prepared file's name.
+    next_serial: u64,
+    /// A file should be prepared (none is ready and none is being prepared).
+    wanted: bool,
+    stop: bool,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Preparer {
+    fn lock(&self) -> MutexGuard<'_, PrepState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the prepared file (and its name) if there is one, and asks for the next.
+    fn take_ready(self: &Arc<Self>) -> Option<(String, Box<dyn DirFile>)> {
+        let mut state = self.lock();
+        if state.stop {
+            return None;
+        }
+        let ready = state.ready.take();
+        state.wanted = true;
+        if state.thread.is_none() {
+            let preparer = Arc::clone(self);
+            let spawned = std::thread::Builder::new()
+                .name("wal-preallocate".to_owned())
+                .spawn(move || preparer.run());
+            match spawned {
+                Ok(handle) => state.thread = Some(handle),
+                Err(e) => tracing::warn!(error = %e, "cannot start the WAL preallocation thread"),
+            }
+        }
+        drop(state);
+        self.wake.notify_all();
+        ready
+    }
+
+    fn run(&self) {
+        self.remove_stale();
+        loop {
+            let name = {
+                let mut state = self.lock();
+                while !(state.stop || (state.wanted && state.ready.is_none())) {
+                    state = self.wake.wait(state).unwrap_or_else(|p| p.into_inner());
+                }
+                if state.stop {
+                    return;
+                }
+                state.wanted = false;
+                state.next_serial += 1;
+                format!(
+                    "{PREPARED_FILE_PREFIX}{}{PREPARED_FILE_SUFFIX}",
+                    state.next_serial
+                )
+            };
+            match self.prepare(&name) {
+                Ok(Some(file)) => self.lock().ready = Some((name, file)),
+                Ok(None) => return, // stopped while preparing
+                Err(e) => {
+                    // Not fatal: segments are then created without preallocation.
+                    tracing::warn!(
+                        error = %e,
+                        file = %self.dir.path_of(&name).display(),
+                        "cannot preallocate the next WAL segment"
+                    );
+                    let _ = self.dir.remove(&name);
+                }
+            }
+        }
+    }
+
+    /// Removes prepared files left by an earlier process (only the writer, which holds the
+    /// log's lock, gets here).
+    fn remove_stale(&self) {
+        let Ok(names) = self.dir.list() else { return };
+        for name in names {
+            if name.starts_with(PREPARED_FILE_PREFIX) && name.ends_with(PREPARED_FILE_SUFFIX) {
+                let _ = self.dir.remove(&name);
+            }
+        }
+    }
+
+    fn prepare(&self, name: &str) -> io::Result<Option<Box<dyn DirFile>>> {
+        let mut file = self.dir.create_new(name)?;
+        let zeros = vec![0u8; ZERO_CHUNK_BYTES.min(self.bytes as usize).max(1)];
+        let mut written = 0u64;
+        while written < self.bytes {
+            if self.lock().stop {
+                drop(file);
+                let _ = self.dir.remove(name);
+                return Ok(None);
+            }
+            let n = (self.bytes - written).min(zeros.len() as u64) as usize;
+            file.write_all(&zeros[..n])?;
+            written += n as u64;
+        }
+        // Written and synced zeros, not a hole or an unwritten extent: that is what makes
+        // later overwrites data-only for fdatasync.
+        file.sync_data()?;
+        Ok(Some(file))
+    }
+
+    fn stop(&self) {
+        let thread = {
+            let mut state = self.lock();
+            state.stop = true;
+            state.thread.take()
+        };
+        self.wake.notify_all();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+        // An unused prepared file is only disk space; remove it (best effort).
+        let ready = self.lock().ready.take();
+        if let Some((name, file)) = ready {
+            drop(file);
+            let _ = self.dir.remove(&name);
+        }
     }
 }
 

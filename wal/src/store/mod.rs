@@ -26,9 +26,13 @@
 //!
 //! - [`DirSegmentStore`]: one file per segment (`segment-<id, 20 digits>.wal`) in a
 //!   [`crate::fs::Dir`], so over real files ([`crate::fs::LocalDir`]) or the simulated page
-//!   cache ([`crate::fs::SimDir`]). `append` is `write(2)` on the open file; `sync` is
+//!   cache ([`crate::fs::SimDir`]). `append` is `pwrite(2)` on the open file; `sync` is
 //!   `fdatasync(2)`, plus an `fsync(2)` of the directory the first time (the new name);
-//!   sealed segments are read through memmap2.
+//!   sealed segments are read through memmap2. With preallocation
+//!   ([`DirSegmentStore::with_preallocation`]), segments are zero-filled and synced ahead
+//!   of use by a background thread, so appends overwrite allocated blocks and each
+//!   `fdatasync` writes data only (no file-system journal commit for a new length);
+//!   `finish` trims the unused zeros when the segment is sealed.
 //!
 //! - An object store (S3 and compatible, through the `object_store` crate), **not built
 //!   yet**. It maps onto the same contract without any in-place append:
@@ -46,7 +50,7 @@
 //!   - `list` is a prefix listing sorted by key (the 20-digit ids sort numerically);
 //!     recovery then checks ids and Lsns are contiguous exactly as for files.
 //!   - `read` / `read_at` are (ranged) GETs; `delete` is a DELETE; `rewind` only drops
-//!     buffered bytes (nothing was uploaded); `truncate` is never needed, because a put is
+//!     buffered bytes (nothing was uploaded); `finish` has nothing to do; `truncate` is never needed, because a put is
 //!     atomic and no object can have a torn tail, so the store returns `Unsupported` and
 //!     recovery reports such a segment as corrupt.
 //!   - `lock`: object stores have no advisory locks; the create-only put is what stops a
@@ -65,7 +69,7 @@ use bytes::Bytes;
 
 use crate::lsn::SegmentId;
 
-pub use dir::{DirSegmentStore, LOCK_FILE_NAME};
+pub use dir::{DirSegmentStore, LOCK_FILE_NAME, PREPARED_FILE_PREFIX};
 
 /// Storage for the segments of one log. See the module docs for the contract.
 pub trait SegmentStore: Send + Sync + fmt::Debug {
@@ -119,4 +123,10 @@ pub trait SegmentWriter: Send + fmt::Debug {
 
     /// Bytes in the segment so far (header included), as far as this writer knows.
     fn size_bytes(&self) -> u64;
+
+    /// The WAL stops appending to this segment (it is being sealed, or the log closes):
+    /// release space reserved beyond [`SegmentWriter::size_bytes`] (preallocation) and make
+    /// the segment's final length durable before returning. A failure is treated like a
+    /// failed sync.
+    fn finish(&mut self) -> io::Result<()>;
 }

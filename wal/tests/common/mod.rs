@@ -19,13 +19,24 @@ pub trait Backend: Send + Sync {
     /// The simulated page cache, if this backend can simulate a power loss.
     fn sim(&self) -> Option<&SimDir>;
 
-    /// A fresh store over the same directory (as a restarted process would make).
+    /// Whether the log's segments are preallocated (zero-filled ahead of use).
+    fn preallocates(&self) -> bool;
+
+    /// A fresh store over the same directory (as a restarted process would make), without
+    /// preallocation (for read-only use).
     fn store(&self) -> Arc<dyn SegmentStore> {
         Arc::new(DirSegmentStore::new(self.dir()))
     }
 
+    /// Opens the log for writing, preallocating segments of the config's size if this
+    /// backend preallocates.
     fn open(&self, config: Config) -> wal::Result<Wal> {
-        Wal::open(self.store(), config)
+        let store = if self.preallocates() {
+            DirSegmentStore::with_preallocation(self.dir(), config.segment_size_max_bytes)
+        } else {
+            DirSegmentStore::new(self.dir())
+        };
+        Wal::open(Arc::new(store), config)
     }
 
     /// Segment file names, oldest first.
@@ -87,19 +98,38 @@ pub trait Backend: Send + Sync {
 pub struct Local {
     _tmp: tempfile::TempDir,
     dir: Arc<LocalDir>,
+    preallocate: bool,
 }
 
 impl Local {
     pub fn new() -> Local {
         let tmp = tempfile::tempdir().unwrap();
         let dir = Arc::new(LocalDir::open(tmp.path()).unwrap());
-        Local { _tmp: tmp, dir }
+        Local {
+            _tmp: tmp,
+            dir,
+            preallocate: false,
+        }
+    }
+
+    pub fn preallocated() -> Local {
+        Local {
+            preallocate: true,
+            ..Local::new()
+        }
     }
 }
 
 impl Backend for Local {
     fn name(&self) -> &'static str {
-        "local"
+        if self.preallocate {
+            "local-preallocated"
+        } else {
+            "local"
+        }
+    }
+    fn preallocates(&self) -> bool {
+        self.preallocate
     }
     fn dir(&self) -> Arc<dyn Dir> {
         self.dir.clone()
@@ -124,17 +154,35 @@ impl Backend for Local {
 
 pub struct Sim {
     pub sim: SimDir,
+    pub preallocate: bool,
 }
 
 impl Sim {
     pub fn new() -> Sim {
-        Sim { sim: SimDir::new() }
+        Sim {
+            sim: SimDir::new(),
+            preallocate: false,
+        }
+    }
+
+    pub fn preallocated() -> Sim {
+        Sim {
+            sim: SimDir::new(),
+            preallocate: true,
+        }
     }
 }
 
 impl Backend for Sim {
     fn name(&self) -> &'static str {
-        "sim"
+        if self.preallocate {
+            "sim-preallocated"
+        } else {
+            "sim"
+        }
+    }
+    fn preallocates(&self) -> bool {
+        self.preallocate
     }
     fn dir(&self) -> Arc<dyn Dir> {
         // A handle for the process running now: one made before a crash is dead after it.
@@ -159,6 +207,9 @@ impl Backend for SkipSync {
     fn name(&self) -> &'static str {
         "sim-without-fsync"
     }
+    fn preallocates(&self) -> bool {
+        false
+    }
     fn dir(&self) -> Arc<dyn Dir> {
         Arc::new(NoSyncDir(self.sim.handle()))
     }
@@ -179,6 +230,9 @@ struct NoSyncFile(Box<dyn wal::fs::DirFile>);
 impl wal::fs::DirFile for NoSyncFile {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         self.0.write_all(buf)
+    }
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.0.write_at(offset, buf)
     }
     fn sync_data(&mut self) -> io::Result<()> {
         Ok(()) // the bug the canary plants
@@ -323,23 +377,22 @@ pub fn segment_name(id: u64) -> String {
     DirSegmentStore::file_name(SegmentId::new(id))
 }
 
-/// Runs a test body once per backend, naming the backend on failure.
+/// Runs a test body once per backend: real files and the simulated page cache, each with
+/// and without segment preallocation.
 #[macro_export]
 macro_rules! for_each_backend {
     ($($test:ident),* $(,)?) => {
-        mod local {
+        $crate::for_each_backend!(@module local, $crate::common::Local::new(); $($test),*);
+        $crate::for_each_backend!(@module local_preallocated, $crate::common::Local::preallocated(); $($test),*);
+        $crate::for_each_backend!(@module sim, $crate::common::Sim::new(); $($test),*);
+        $crate::for_each_backend!(@module sim_preallocated, $crate::common::Sim::preallocated(); $($test),*);
+    };
+    (@module $module:ident, $make:expr; $($test:ident),*) => {
+        mod $module {
             $(
                 #[test]
                 fn $test() {
-                    super::$test(&$crate::common::Local::new());
-                }
-            )*
-        }
-        mod sim {
-            $(
-                #[test]
-                fn $test() {
-                    super::$test(&$crate::common::Sim::new());
+                    super::$test(&$make);
                 }
             )*
         }
