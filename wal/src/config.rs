@@ -13,10 +13,11 @@ pub enum SyncPolicy {
     /// sync covering it has completed, so it is exactly as durable as with `EveryRecord`.
     ///
     /// The writer starts a group as soon as a record is queued and the previous sync has
-    /// finished. It may wait up to `delay_us_max` microseconds for more records when the
-    /// previous group was larger than what is queued (appenders that were just
-    /// acknowledged are likely to append again), and closes the group once it holds
-    /// `bytes_max` bytes. See the protocol in [`crate::writer`].
+    /// finished. When fewer records are queued than were in the previous group (appenders
+    /// that were just acknowledged are likely to append again) it waits for more, at most
+    /// a quarter of the previous sync's duration and at most `delay_us_max` microseconds,
+    /// and closes the group once it holds `bytes_max` bytes. See the protocol in
+    /// [`crate::writer`].
     GroupCommit {
         /// Longest a group waits for more records before it is written, in microseconds.
         delay_us_max: u64,

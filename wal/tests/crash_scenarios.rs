@@ -90,6 +90,7 @@ mod power_loss {
         failed_directory_fsync_poisons_the_log,
         full_disk_fails_appends_clearly_and_recovers_when_space_frees,
         crash_during_retention_leaves_a_contiguous_log,
+        recycled_segments_never_resurface_after_power_loss,
     );
     on!(sim_preallocated = common::Sim::preallocated();
         acknowledged_records_survive_power_loss_during_concurrent_appends,
@@ -99,5 +100,6 @@ mod power_loss {
         failed_directory_fsync_poisons_the_log,
         full_disk_fails_appends_clearly_and_recovers_when_space_frees,
         crash_during_retention_leaves_a_contiguous_log,
+        recycled_segments_never_resurface_after_power_loss,
     );
 }

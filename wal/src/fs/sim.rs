@@ -995,7 +995,11 @@ mod tests {
             f.write_at(100, &[9u8; 1000]).unwrap();
             let report = dir.crash_with(CrashMode::ZeroFillLastWrite, seed);
             let after = dir.contents("a").unwrap();
-            assert_eq!(after.len(), 4096, "an overwrite never changes the length: {report}");
+            assert_eq!(
+                after.len(),
+                4096,
+                "an overwrite never changes the length: {report}"
+            );
             let nines = after[100..1100].iter().take_while(|&&b| b == 9).count();
             assert!(after[100 + nines..].iter().all(|&b| b == 0), "{report}");
         }

@@ -69,7 +69,7 @@ use bytes::Bytes;
 
 use crate::lsn::SegmentId;
 
-pub use dir::{DirSegmentStore, LOCK_FILE_NAME, PREPARED_FILE_PREFIX};
+pub use dir::{DirSegmentStore, DirStoreStats, LOCK_FILE_NAME, PREPARED_FILE_PREFIX};
 
 /// Storage for the segments of one log. See the module docs for the contract.
 pub trait SegmentStore: Send + Sync + fmt::Debug {
