@@ -115,22 +115,30 @@ fn inspect_and_verify_a_clean_log() {
 
 #[test]
 fn verify_reports_a_torn_tail_with_exit_3() {
+    use std::io::Write as _;
     let tmp = tempfile::tempdir().unwrap();
     small_log(tmp.path(), 10);
     let seg = segment(tmp.path(), 1);
     let len = std::fs::metadata(&seg).unwrap().len();
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&seg)
-        .unwrap()
-        .set_len(len + 5)
-        .unwrap();
+    let open = || std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    // A write cut by a crash: part of a frame.
+    open().write_all(&[0x55; 5]).unwrap();
     let out = ember(&["wal", "verify", tmp.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stdout));
     let stdout = text(&out.stdout);
     assert!(
         stdout.contains("torn tail") && stdout.contains(&format!("at byte {len}")),
         "{stdout}"
+    );
+    // Zeros after the last record: preallocated space of a log that was not closed.
+    open().set_len(len).unwrap();
+    open().set_len(len + 4096).unwrap();
+    let out = ember(&["wal", "verify", tmp.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("unwritten tail"),
+        "{}",
+        text(&out.stdout)
     );
 }
 

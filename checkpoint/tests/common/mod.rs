@@ -357,6 +357,11 @@ impl DirFile for DyingFile {
         self.inner.write_all(buf)
     }
 
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.state.step(Step::Write)?;
+        self.inner.write_at(offset, buf)
+    }
+
     fn sync_data(&mut self) -> io::Result<()> {
         self.state.step(Step::SyncData)?;
         self.inner.sync_data()
