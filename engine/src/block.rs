@@ -136,8 +136,10 @@ impl BlockCodec<Str> for LinesCodec {
     }
 
     fn decode(&self, bytes: &Bytes, emit: &mut dyn FnMut(Str)) -> Result<u64, String> {
-        let text = ByteString::try_from(bytes.clone())
-            .map_err(|e| format!("not valid UTF-8 at byte {}", e.valid_up_to()))?;
+        let text = std::sync::Arc::new(
+            ByteString::try_from(bytes.clone())
+                .map_err(|e| format!("not valid UTF-8 at byte {}", e.valid_up_to()))?,
+        );
         let mut records = 0u64;
         let mut start = 0usize;
         let whole: &str = &text;

@@ -5,59 +5,190 @@
 //! so a `Str` is either
 //! - *inline*: up to [`Str::INLINE_CAPACITY`] bytes stored in the value itself (no
 //!   allocation; most words), or
-//! - *shared*: a reference-counted slice of a received block's bytes (no copy; lines).
+//! - *shared*: a range of a reference-counted received block (no copy and no allocation
+//!   per string; lines).
 //!
-//! `Str` derefs to `&str`, hashes and compares like `str`, and serialises as a string.
+//! `Str` derefs to `&str`, compares and orders like `str` (byte order), hashes with the
+//! engine's stable hasher, and serialises as a string.
 //! [`Str::split`] and [`Str::split_whitespace`] take the string by value and yield `Str`s,
 //! so `lines.flat_map(|line| line.split(' '))` compiles without a `collect` and without
 //! allocating.
 
-use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::ops::Deref;
+use std::sync::Arc;
 
-use arrayvec::ArrayString;
 use bytestring::ByteString;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// A cheap immutable UTF-8 string (see the module docs).
+/// A cheap immutable UTF-8 string (see the module docs). 24 bytes.
 #[derive(Clone)]
 pub struct Str(Repr);
 
 #[derive(Clone)]
 enum Repr {
-    Inline(ArrayString<{ Str::INLINE_CAPACITY }>),
-    Shared(ByteString),
+    /// Up to `INLINE_CAPACITY` bytes, zero-padded: equality is a fixed-size compare, and
+    /// building one from a slice of a larger buffer is three masked word loads (no call
+    /// into `memcmp` or `memcpy` per word of text).
+    Inline {
+        len: u8,
+        buf: [u8; Str::INLINE_CAPACITY],
+    },
+    /// A range of a shared, immutable UTF-8 buffer (a received block): no copy, and no
+    /// allocation per string, only a reference count.
+    Shared {
+        text: Arc<ByteString>,
+        start: u32,
+        len: u32,
+    },
+}
+
+#[inline]
+fn read_u64(bytes: &[u8], at: usize) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(word)
+}
+
+/// The mask of the first `keep` bytes of a word (`keep` may exceed 8).
+#[inline]
+fn keep_mask(keep: usize) -> u64 {
+    let bits = keep.min(8) * 8;
+    // checked_shr(64) is None: no byte kept.
+    u64::MAX.checked_shr(64 - bits as u32).unwrap_or(0)
+}
+
+/// Whether a byte of `x` is zero, as a mask with the top bit of the first such byte set
+/// (bits of later bytes may be set too; only the lowest matters).
+#[inline]
+const fn zero_byte_mask(x: u64) -> u64 {
+    x.wrapping_sub(0x0101_0101_0101_0101) & !x & 0x8080_8080_8080_8080
+}
+
+/// The word offsets that cover an inline buffer (the last overlaps the middle one).
+const WORDS: [usize; 3] = [0, 8, Str::INLINE_CAPACITY - 8];
+
+/// The `len` bytes of `src` at `start` as an inline string (`len <= INLINE_CAPACITY`; the
+/// bytes must be UTF-8, cut at character boundaries).
+#[inline]
+fn inline(src: &[u8], start: usize, len: usize) -> Repr {
+    debug_assert!(len <= Str::INLINE_CAPACITY && start + len <= src.len());
+    let mut buf = [0u8; Str::INLINE_CAPACITY];
+    if let Some(window) = src.get(start..start + Str::INLINE_CAPACITY) {
+        // Fast path: enough readable bytes; load whole words and mask off what is not
+        // ours. Constant-size copies compile to plain loads and stores.
+        for at in WORDS {
+            let word = read_u64(window, at) & keep_mask(len.saturating_sub(at));
+            buf[at..at + 8].copy_from_slice(&word.to_le_bytes());
+        }
+    } else if src.len() >= 8 {
+        // Near the end of the buffer: a word that fits is loaded whole; one that does not
+        // is the buffer's last eight bytes shifted down.
+        let avail = src.len() - start;
+        for at in WORDS {
+            if at >= len {
+                break;
+            }
+            let word = if at + 8 <= avail {
+                read_u64(src, start + at)
+            } else {
+                read_u64(src, src.len() - 8) >> (8 * (8 - (avail - at)))
+            };
+            buf[at..at + 8].copy_from_slice(&(word & keep_mask(len - at)).to_le_bytes());
+        }
+    } else {
+        for (dst, &b) in buf.iter_mut().zip(&src[start..start + len]) {
+            *dst = b;
+        }
+    }
+    Repr::Inline {
+        len: len as u8,
+        buf,
+    }
 }
 
 impl Str {
-    /// The longest string stored without a heap allocation or a shared buffer.
-    pub const INLINE_CAPACITY: usize = 20;
+    /// The longest string stored in the value itself (no allocation, no shared buffer).
+    pub const INLINE_CAPACITY: usize = 22;
 
     /// The empty string.
     pub const fn new() -> Self {
-        Str(Repr::Inline(ArrayString::new_const()))
+        Str(Repr::Inline {
+            len: 0,
+            buf: [0; Str::INLINE_CAPACITY],
+        })
     }
 
     /// A `Str` of `s`: inline if it is short, otherwise a copy in a new shared buffer.
     pub fn from_str_copy(s: &str) -> Self {
-        match ArrayString::from(s) {
-            Ok(inline) => Str(Repr::Inline(inline)),
-            Err(_) => Str(Repr::Shared(ByteString::from(s))),
+        if s.len() <= Self::INLINE_CAPACITY {
+            Str(inline(s.as_bytes(), 0, s.len()))
+        } else {
+            Str::whole(ByteString::from(s))
+        }
+    }
+
+    /// A `Str` of a whole buffer (no copy; inline if short).
+    pub fn from_shared(text: ByteString) -> Self {
+        if text.len() <= Self::INLINE_CAPACITY {
+            Str(inline(text.as_bytes(), 0, text.len()))
+        } else {
+            Str::whole(text)
+        }
+    }
+
+    fn whole(text: ByteString) -> Self {
+        match u32::try_from(text.len()) {
+            Ok(len) => Str(Repr::Shared {
+                text: Arc::new(text),
+                start: 0,
+                len,
+            }),
+            // Longer than 4 GiB: keep the range representation by splitting off the rest.
+            Err(_) => {
+                let mut s: String = text.to_string();
+                let mut cut = u32::MAX as usize;
+                while !s.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                s.truncate(cut);
+                Str::whole(ByteString::from(s))
+            }
         }
     }
 
     /// A `Str` for `sub`, which must lie inside `whole`: inline if it is short, otherwise a
-    /// shared slice of `whole`'s buffer (no copy).
+    /// range of `whole` (no copy).
     ///
     /// # Panics
     /// If `sub` is not a subslice of `whole` (a bug in the caller).
-    pub fn slice_of(whole: &ByteString, sub: &str) -> Self {
-        match ArrayString::from(sub) {
-            Ok(inline) => Str(Repr::Inline(inline)),
-            Err(_) => Str(Repr::Shared(whole.slice_ref(sub))),
+    #[inline]
+    pub fn slice_of(whole: &Arc<ByteString>, sub: &str) -> Self {
+        let offset = (sub.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
+        assert!(
+            offset <= whole.len() && sub.len() <= whole.len() - offset,
+            "Str::slice_of: not a subslice"
+        );
+        Str::range_of(whole, offset, sub.len())
+    }
+
+    #[inline]
+    fn range_of(whole: &Arc<ByteString>, start: usize, len: usize) -> Self {
+        if len <= Self::INLINE_CAPACITY {
+            // Load from the whole buffer: words past the end of `sub` are then readable,
+            // and the copy takes the fast path.
+            Str(inline(whole.as_bytes(), start, len))
+        } else {
+            match (u32::try_from(start), u32::try_from(len)) {
+                (Ok(start), Ok(len)) => Str(Repr::Shared {
+                    text: Arc::clone(whole),
+                    start,
+                    len,
+                }),
+                _ => Str::from_str_copy(&whole[start..start + len]),
+            }
         }
     }
 
@@ -65,28 +196,58 @@ impl Str {
     #[inline]
     pub fn as_str(&self) -> &str {
         match &self.0 {
-            Repr::Inline(s) => s.as_str(),
-            Repr::Shared(s) => s,
+            // Always valid: inline bytes are only ever copied from a `&str` (or cut from
+            // one at a character boundary). The check is the price of `forbid(unsafe_code)`;
+            // the hot paths (hashing, equality, splitting) work on bytes and skip it.
+            Repr::Inline { len, buf } => {
+                std::str::from_utf8(&buf[..usize::from(*len)]).unwrap_or_default()
+            }
+            Repr::Shared { text, start, len } => {
+                let start = *start as usize;
+                // A range is always at character boundaries; `get` only guards the impossible.
+                text.get(start..start + *len as usize).unwrap_or_default()
+            }
         }
     }
 
-    /// A `Str` for the substring `sub` of `self` (which must lie inside `self`).
-    fn sub(&self, sub: &str) -> Str {
+    /// The string's bytes.
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
         match &self.0 {
-            Repr::Inline(_) => Str::from_str_copy(sub),
-            Repr::Shared(whole) => Str::slice_of(whole, sub),
+            Repr::Inline { len, buf } => &buf[..usize::from(*len)],
+            Repr::Shared { text, start, len } => {
+                let start = *start as usize;
+                &text.as_bytes()[start..start + *len as usize]
+            }
         }
+    }
+
+    /// The length in bytes.
+    #[inline]
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            Repr::Inline { len, .. } => usize::from(*len),
+            Repr::Shared { len, .. } => *len as usize,
+        }
+    }
+
+    /// Whether the string is empty.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Splits on `separator`, yielding owned `Str`s (like `str::split` with a `char`).
     ///
     /// Takes `self` by value so the iterator can be returned from a `flat_map` closure.
     pub fn split(self, separator: char) -> Split {
+        let mut encoded = [0u8; 4];
+        let sep_len = separator.encode_utf8(&mut encoded).len();
         Split {
             text: self,
             position: 0,
-            separator,
-            done: false,
+            separator: encoded,
+            sep_len,
         }
     }
 
@@ -100,7 +261,18 @@ impl Str {
 
     /// Whether the string is stored inline (for tests and diagnostics).
     pub fn is_inline(&self) -> bool {
-        matches!(self.0, Repr::Inline(_))
+        matches!(self.0, Repr::Inline { .. })
+    }
+
+    /// The piece `start..end` of `self`, cut at character boundaries.
+    #[inline]
+    fn piece(&self, start: usize, end: usize) -> Str {
+        match &self.0 {
+            Repr::Inline { buf, .. } => Str(inline(buf, start, end - start)),
+            Repr::Shared {
+                text, start: base, ..
+            } => Str::range_of(text, *base as usize + start, end - start),
+        }
     }
 }
 
@@ -125,16 +297,16 @@ impl AsRef<str> for Str {
     }
 }
 
-impl Borrow<str> for Str {
-    fn borrow(&self) -> &str {
-        self.as_str()
-    }
-}
-
 impl PartialEq for Str {
     #[inline]
     fn eq(&self, other: &Str) -> bool {
-        self.as_str() == other.as_str()
+        match (&self.0, &other.0) {
+            (Repr::Inline { len: a, buf: x }, Repr::Inline { len: b, buf: y }) => a == b && x == y,
+            // Inline exactly when short: equal strings have the same representation.
+            (Repr::Inline { .. }, Repr::Shared { .. })
+            | (Repr::Shared { .. }, Repr::Inline { .. }) => false,
+            _ => self.as_bytes() == other.as_bytes(),
+        }
     }
 }
 
@@ -142,13 +314,13 @@ impl Eq for Str {}
 
 impl PartialEq<str> for Str {
     fn eq(&self, other: &str) -> bool {
-        self.as_str() == other
+        self.as_bytes() == other.as_bytes()
     }
 }
 
 impl PartialEq<&str> for Str {
     fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
+        self.as_bytes() == other.as_bytes()
     }
 }
 
@@ -159,16 +331,30 @@ impl PartialOrd for Str {
 }
 
 impl Ord for Str {
+    /// Byte order (which for UTF-8 is code point order, as `str`'s).
     fn cmp(&self, other: &Str) -> Ordering {
-        self.as_str().cmp(other.as_str())
+        self.as_bytes().cmp(other.as_bytes())
     }
 }
 
 impl Hash for Str {
     #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
-        // Exactly as `str` hashes, so `Borrow<str>` lookups work.
-        self.as_str().hash(state);
+        // Equal strings have the same representation (inline exactly when at most
+        // INLINE_CAPACITY bytes long), so each may hash its own way: an inline string as
+        // three zero-padded words and its length, three multiplications and no branches.
+        // (Unlike `str`'s hash; hence no `Borrow<str>`.)
+        match &self.0 {
+            Repr::Inline { len, buf } => {
+                state.write_u64(read_u64(buf, WORDS[0]));
+                state.write_u64(read_u64(buf, WORDS[1]));
+                state.write_u64(read_u64(buf, WORDS[2]) ^ (u64::from(*len) << 56));
+            }
+            Repr::Shared { .. } => {
+                state.write(self.as_bytes());
+                state.write_u8(0xff);
+            }
+        }
     }
 }
 
@@ -192,10 +378,7 @@ impl From<&str> for Str {
 
 impl From<String> for Str {
     fn from(s: String) -> Self {
-        match ArrayString::from(&s) {
-            Ok(inline) => Str(Repr::Inline(inline)),
-            Err(_) => Str(Repr::Shared(ByteString::from(s))),
-        }
+        Str::from_shared(ByteString::from(s))
     }
 }
 
@@ -234,9 +417,10 @@ impl<'de> Deserialize<'de> for Str {
 #[derive(Clone, Debug)]
 pub struct Split {
     text: Str,
+    /// Where the next piece starts; past the end once the last piece was returned.
     position: usize,
-    separator: char,
-    done: bool,
+    separator: [u8; 4],
+    sep_len: usize,
 }
 
 impl Iterator for Split {
@@ -244,22 +428,41 @@ impl Iterator for Split {
 
     #[inline]
     fn next(&mut self) -> Option<Str> {
-        if self.done {
-            return None;
-        }
-        let rest = &self.text.as_str()[self.position..];
-        let piece = match rest.find(self.separator) {
-            Some(at) => {
-                self.position += at + self.separator.len_utf8();
-                &rest[..at]
-            }
-            None => {
-                self.done = true;
-                rest
-            }
+        let bytes = self.text.as_bytes();
+        let start = self.position;
+        let rest = bytes.get(start..)?;
+        // The separator is a whole UTF-8 character, so every match is at a character
+        // boundary. A single-byte separator is searched eight bytes at a time: words are
+        // short, and a call into memchr per word would cost more than the search.
+        let found = if self.sep_len == 1 {
+            find_byte(rest, self.separator[0])
+        } else {
+            let sep = &self.separator[..self.sep_len];
+            rest.windows(self.sep_len).position(|w| w == sep)
         };
-        Some(self.text.sub(piece))
+        let end = match found {
+            Some(at) => start + at,
+            None => bytes.len(),
+        };
+        // After the last piece, `position` is past the end and `get` above returns None.
+        self.position = end + self.sep_len;
+        Some(self.text.piece(start, end))
     }
+}
+
+/// The position of the first `b` in `haystack` (SWAR: eight bytes per step).
+#[inline]
+fn find_byte(haystack: &[u8], b: u8) -> Option<usize> {
+    let pattern = u64::from_ne_bytes([b; 8]);
+    let mut at = 0;
+    while at + 8 <= haystack.len() {
+        let hit = zero_byte_mask(read_u64(haystack, at) ^ pattern);
+        if hit != 0 {
+            return Some(at + (hit.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    haystack[at..].iter().position(|&x| x == b).map(|i| at + i)
 }
 
 /// The iterator of [`Str::split_whitespace`].
@@ -279,22 +482,41 @@ impl Iterator for SplitWhitespace {
         let len = word_and_rest
             .find(char::is_whitespace)
             .unwrap_or(word_and_rest.len());
-        let word = &word_and_rest[..len];
-        self.position += start + len;
-        Some(self.text.sub(word))
+        let (from, to) = (self.position + start, self.position + start + len);
+        self.position = to;
+        Some(self.text.piece(from, to))
+    }
+}
+
+impl fmt::Debug for Repr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Repr::Inline { len, buf } => write!(
+                f,
+                "Inline({:?})",
+                String::from_utf8_lossy(&buf[..usize::from(*len)])
+            ),
+            Repr::Shared { text, start, len } => {
+                write!(f, "Shared({start}+{len} of {} bytes)", text.len())
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hash::stable_hash;
 
     #[test]
     fn short_strings_are_inline_and_long_ones_share_the_buffer() {
-        let block = ByteString::from("a very long line that does not fit inline\nshort\n");
+        let block = Arc::new(ByteString::from(
+            "a very long line that does not fit inline\nshort\n",
+        ));
         let long = Str::slice_of(&block, &block[..41]);
         assert!(!long.is_inline());
         assert_eq!(long, "a very long line that does not fit inline");
+        assert_eq!(long.as_str().as_ptr(), block.as_ptr(), "shared, not copied");
         let short = Str::slice_of(&block, &block[42..47]);
         assert!(short.is_inline());
         assert_eq!(short, "short");
@@ -311,12 +533,15 @@ mod tests {
             "ünï cödé x",
             "one two three four five six seven",
         ] {
-            let block = ByteString::from(text);
-            let ours: Vec<String> = Str::slice_of(&block, &block)
+            let block = Arc::new(ByteString::from(text));
+            let ours: Vec<String> = Str::slice_of(&block, &block[..])
                 .split(' ')
                 .map(String::from)
                 .collect();
             let std: Vec<String> = text.split(' ').map(String::from).collect();
+            assert_eq!(ours, std, "{text:?}");
+            let ours: Vec<String> = Str::from(text).split('€').map(String::from).collect();
+            let std: Vec<String> = text.split('€').map(String::from).collect();
             assert_eq!(ours, std, "{text:?}");
             let ours: Vec<String> = Str::from(text)
                 .split_whitespace()
@@ -329,14 +554,60 @@ mod tests {
 
     #[test]
     fn hashes_and_orders_like_str() {
-        use crate::hash::stable_hash;
         let a = Str::from("word");
-        assert_eq!(stable_hash(&a), stable_hash("word"));
+        assert_eq!(
+            stable_hash(&a),
+            stable_hash(&Str::from(String::from("word")))
+        );
         let (a, b) = (Str::from("a"), Str::from("b"));
         assert!(a < b);
         let mut map = crate::hash::StableHashMap::default();
         map.insert(Str::from("x"), 1);
-        assert_eq!(map.get("x"), Some(&1));
+        assert_eq!(map.get(&Str::from("x")), Some(&1));
+        // Inline and shared strings hash and compare consistently.
+        let long = "a string of more than twenty-four bytes";
+        let block = Arc::new(ByteString::from(format!("{long}\n")));
+        assert_eq!(
+            stable_hash(&Str::slice_of(&block, &block[..long.len()])),
+            stable_hash(&Str::from(long))
+        );
+    }
+
+    #[test]
+    fn inline_strings_cut_anywhere_in_a_buffer_keep_exactly_their_bytes() {
+        let text = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGH";
+        for buf_len in 0..=text.len() {
+            let whole = Arc::new(ByteString::from(&text[..buf_len]));
+            for start in 0..=buf_len {
+                for end in start..=buf_len.min(start + Str::INLINE_CAPACITY) {
+                    let s = Str::slice_of(&whole, &whole[start..end]);
+                    assert!(s.is_inline());
+                    assert_eq!(s.as_str(), &text[start..end]);
+                    assert_eq!(
+                        s,
+                        Str::from_str_copy(&text[start..end]),
+                        "equality sees no stray bytes"
+                    );
+                    assert_eq!(
+                        stable_hash(&s),
+                        stable_hash(&Str::from_str_copy(&text[start..end]))
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn find_byte_matches_position() {
+        let hay: Vec<u8> = (0..50u8).map(|i| b'a' + i % 7).collect();
+        for len in 0..hay.len() {
+            for b in [b'a', b'c', b'g', b'z', 0] {
+                assert_eq!(
+                    find_byte(&hay[..len], b),
+                    hay[..len].iter().position(|&x| x == b)
+                );
+            }
+        }
     }
 
     #[test]

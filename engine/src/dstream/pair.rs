@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use hashbrown::hash_map::Entry;
 use rayon::prelude::*;
 
 use super::DStream;
@@ -114,23 +113,30 @@ impl<K: Key, V: Data> DStream<(K, V)> {
             slide_ms: self.slide_ms(),
         };
         let runner = UnitRunner::new(&self.pipe().branches, info.label(), move |stage, unit| {
-            // The map-side combine: one hash map per unit, split into the partitions' buckets.
-            let mut map: HashMap<K, C> = HashMap::with_hasher(StableState);
-            stage.run(unit, &mut |(k, v): (K, V)| match map.entry(k) {
-                Entry::Occupied(e) => {
-                    e.replace_entry_with(|_, c| Some(merge_value(c, v)));
+            // The map-side combine: one hash map per unit, split into the partitions'
+            // buckets. Combiners sit in an `Option` so a hit updates in place (take, merge,
+            // put back) without erasing and re-inserting the entry.
+            let mut map: HashMap<K, Option<C>> = HashMap::with_hasher(StableState);
+            stage.run(unit, &mut |(k, v): (K, V)| match map.get_mut(&k) {
+                Some(slot) => {
+                    *slot = Some(match slot.take() {
+                        Some(c) => merge_value(c, v),
+                        None => create(v),
+                    });
                 }
-                Entry::Vacant(e) => {
-                    e.insert(create(v));
+                None => {
+                    map.insert(k, Some(create(v)));
                 }
             })?;
             let mut buckets: Vec<Vec<(K, C)>> = (0..partitions).map(|_| Vec::new()).collect();
-            if partitions == 1 {
-                buckets[0].extend(map);
-            } else {
-                for (k, c) in map {
-                    buckets[partition_of_key(&k, partitions)].push((k, c));
-                }
+            for (k, c) in map {
+                let Some(c) = c else { continue };
+                let p = if partitions == 1 {
+                    0
+                } else {
+                    partition_of_key(&k, partitions)
+                };
+                buckets[p].push((k, c));
             }
             Ok(buckets)
         });
