@@ -130,6 +130,8 @@ pub(crate) struct Shared {
     termination: Mutex<Termination>,
     terminated: Condvar,
     job_thread: Mutex<Option<ThreadId>>,
+    /// The first signal that stopped the context (0: none).
+    signal: std::sync::atomic::AtomicI32,
     /// For state snapshot requests; dropped when the driver ends so the job thread can exit.
     jobs_tx: Mutex<Option<std::sync::mpsc::Sender<JobMsg>>>,
 }
@@ -213,6 +215,7 @@ impl StreamingContext {
                 termination: Mutex::default(),
                 terminated: Condvar::new(),
                 job_thread: Mutex::default(),
+                signal: std::sync::atomic::AtomicI32::new(0),
                 jobs_tx: Mutex::default(),
             }),
             config: Arc::new(config),
@@ -489,6 +492,13 @@ impl StreamingContext {
             .map(|(id, d)| (*id, streams.name(*id).to_owned(), Arc::clone(d)))
             .collect();
 
+        // Pending batches of a restart run from the allocations recorded before it.
+        let pending_allocations: BTreeMap<BatchTime, Allocation> = restore
+            .scheduler
+            .pending
+            .iter()
+            .map(|a| (a.time, a.clone()))
+            .collect();
         let last_completed = restore
             .scheduler
             .last_generated
@@ -618,8 +628,11 @@ impl StreamingContext {
             metadata_log: Arc::clone(&lock(&self.metadata_log)),
             listeners: Arc::clone(&self.listeners),
             graceful_stop_timeout_ms: self.config.effective_graceful_stop_timeout_ms(),
-            allocations: BTreeMap::new(),
-            submitted: BTreeMap::new(),
+            submitted: pending_allocations
+                .keys()
+                .map(|t| (*t, self.clock.now_ms()))
+                .collect(),
+            allocations: pending_allocations,
             first_error: None,
             stop_deadline: None,
         };
@@ -756,6 +769,7 @@ impl StreamingContext {
     pub fn stop_on_signals(&self) -> Result<()> {
         use tokio::signal::unix::{SignalKind, signal};
         let events = self.events_tx.clone();
+        let shared = Arc::clone(&self.shared);
         let _guard = self.runtime().enter();
         let mut int = signal(SignalKind::interrupt()).map_err(|source| Error::Runtime {
             what: "the SIGINT handler",
@@ -769,11 +783,17 @@ impl StreamingContext {
             let mut graceful = true;
             loop {
                 let which = tokio::select! {
-                    s = int.recv() => s.map(|()| "SIGINT"),
-                    s = term.recv() => s.map(|()| "SIGTERM"),
+                    s = int.recv() => s.map(|()| ("SIGINT", 2)),
+                    s = term.recv() => s.map(|()| ("SIGTERM", 15)),
                 };
-                let Some(which) = which else { return };
-                tracing::warn!(signal = which, graceful, "stopping on signal");
+                let Some((name, number)) = which else { return };
+                let _ = shared.signal.compare_exchange(
+                    0,
+                    number,
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                );
+                tracing::warn!(signal = name, graceful, "stopping on signal");
                 if events.send(DriverEvent::Stop { graceful }).is_err() {
                     return;
                 }
@@ -781,6 +801,14 @@ impl StreamingContext {
             }
         });
         Ok(())
+    }
+
+    /// The signal (2 for SIGINT, 15 for SIGTERM) that stopped the context, if one did.
+    pub fn stopped_by_signal(&self) -> Option<i32> {
+        match self.shared.signal.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => None,
+            n => Some(n),
+        }
     }
 
     /// The most recent completed batches (up to `metrics_batches_retained_max`).
@@ -792,7 +820,11 @@ impl StreamingContext {
     pub fn receivers(&self) -> Vec<ReceiverInfo> {
         lock(&self.shared.receivers)
             .iter()
-            .map(|r| lock(&r.info).clone())
+            .map(|r| {
+                let mut info = lock(&r.info).clone();
+                info.rate_limit_records_per_sec = r.limiter.rate();
+                info
+            })
             .collect()
     }
 

@@ -81,8 +81,9 @@ pub(crate) struct Driver {
 
 impl Driver {
     pub async fn run(mut self) -> Option<Error> {
-        // Pending batches of a restart run first, before the first deadline.
-        let actions = self.scheduler.on_tick(self.clock.now_ms());
+        // Pending batches of a restart start at once; new batches are generated only in the
+        // loop, after the events already queued (blocks stored before the tick) are handled.
+        let actions = self.scheduler.on_start();
         self.execute(actions).await;
         while !self.scheduler.is_stopped() {
             let deadline = self.scheduler.next_deadline();
@@ -95,6 +96,11 @@ impl Driver {
                     None => break,
                 },
                 () = async { if let Some(s) = sleep { s.await } }, if deadline.is_some() => {
+                    // Blocks reported before the tick belong to this batch, even if the
+                    // channel's fairness budget hid them from the branch above.
+                    while let Ok(event) = self.events.try_recv() {
+                        self.handle(event).await;
+                    }
                     let actions = self.scheduler.on_tick(self.clock.now_ms());
                     self.execute(actions).await;
                 }

@@ -260,6 +260,16 @@ impl Scheduler {
         self.unallocated.values().map(Vec::len).sum()
     }
 
+    /// Starts the first pending batch of a restart, if any (generates nothing: call this
+    /// before the first tick, so that blocks reported before it reach the first batch).
+    pub fn on_start(&mut self) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.phase != Phase::Stopped {
+            self.advance(&mut actions);
+        }
+        actions
+    }
+
     /// The time has come to `now_ms`: generate every batch due and start the next one.
     pub fn on_tick(&mut self, now_ms: u64) -> Vec<Action> {
         let mut actions = Vec::new();

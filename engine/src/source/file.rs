@@ -4,7 +4,9 @@
 //! - its name does not start with `.` (write files under a hidden name and rename them in:
 //!   a file is read when its batch runs, so it must be complete when it appears),
 //! - it is a regular file modified at or before `t`, and not before the context started
-//!   (only new files) nor more than `file_stream_remember_ms` before `t`,
+//!   (only new files; with one second of slack, since file systems stamp files with a
+//!   coarse clock that can lag the system clock) nor more than `file_stream_remember_ms`
+//!   before `t`,
 //! - it was not picked before.
 //!
 //! Each picked file is one block of the batch; the block records the file's path, length and
@@ -31,6 +33,11 @@ use crate::dstream::node::lock;
 use crate::error::{Error, Result};
 use crate::handler::ReceivedBlockHandler;
 use crate::time::BatchTime;
+
+/// Files modified this long before the stream started still count as new: file systems
+/// stamp modification times from a coarse clock (a jiffy behind on Linux, up to two
+/// seconds on some), so a file written just after the start can look older than it.
+const MTIME_SLACK_MS: u64 = 1_000;
 
 /// What a file block's locator holds (postcard).
 #[derive(Debug, Serialize, Deserialize)]
@@ -84,7 +91,10 @@ impl DirectInput for FileInput {
 
     fn plan(&self, stream: StreamId, time: BatchTime) -> Result<Vec<StoredBlock>> {
         let now = time.as_millis();
-        let threshold = self.start_ms.max(now.saturating_sub(self.remember_ms));
+        let threshold = self
+            .start_ms
+            .saturating_sub(MTIME_SLACK_MS)
+            .max(now.saturating_sub(self.remember_ms));
         let mut seen = lock(&self.seen);
         let mut picked: Vec<(u64, PathBuf, u64)> = Vec::new();
         let entries =

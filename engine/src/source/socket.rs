@@ -184,7 +184,9 @@ fn complete_len(buf: &[u8]) -> usize {
 }
 
 /// Cuts the complete lines (or everything, at the end of the stream) off `buf`, checks them
-/// and stores them as one block.
+/// and stores them as blocks: one block, or, under a rate limit, blocks of at most a block
+/// interval's worth of records (so the limiter paces the source block by block, as Spark's
+/// block generator does record by record).
 async fn store_lines(
     shared: &ReceiverShared,
     address: &str,
@@ -192,23 +194,35 @@ async fn store_lines(
     next_line: &mut u64,
     all: bool,
 ) -> Result<()> {
-    let len = if all { buf.len() } else { complete_len(buf) };
-    if len == 0 {
-        return Ok(());
+    let per_block = shared
+        .limiter
+        .rate()
+        .map(|rate| (rate.saturating_mul(shared.config.block_interval_ms) / 1_000).max(1) as usize);
+    loop {
+        let complete = complete_len(buf);
+        let mut len = if all { buf.len() } else { complete };
+        if len == 0 {
+            return Ok(());
+        }
+        if let Some(max) = per_block {
+            // The end of the max-th line, if there are more lines than that.
+            if let Some(end) = memchr::memchr_iter(b'\n', &buf[..len]).nth(max - 1) {
+                len = len.min(end + 1);
+            }
+        }
+        let raw = buf.split_to(len).freeze();
+        let lines_in_raw = crate::block::LinesCodec::count_records(&raw);
+        let checked = check_lines(
+            raw,
+            shared.config.invalid_utf8,
+            &shared.name,
+            address,
+            *next_line,
+        )?;
+        *next_line += lines_in_raw;
+        shared.count_invalid(checked.invalid);
+        if checked.records > 0 {
+            shared.store_block(checked.bytes, checked.records).await?;
+        }
     }
-    let raw = buf.split_to(len).freeze();
-    let lines_in_raw = crate::block::LinesCodec::count_records(&raw);
-    let checked = check_lines(
-        raw,
-        shared.config.invalid_utf8,
-        &shared.name,
-        address,
-        *next_line,
-    )?;
-    *next_line += lines_in_raw;
-    shared.count_invalid(checked.invalid);
-    if checked.records > 0 {
-        shared.store_block(checked.bytes, checked.records).await?;
-    }
-    Ok(())
 }

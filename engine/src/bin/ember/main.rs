@@ -11,9 +11,13 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
+mod bench;
+mod demo;
 mod executor;
 mod r#gen;
+mod run;
 mod wal;
+mod wordcount;
 
 /// Ember: a stream-processing engine that does not lose data.
 #[derive(Debug, Parser)]
@@ -28,10 +32,13 @@ enum Command {
     Gen(r#gen::Args),
     /// Inspect, verify or dump a write-ahead log, or run its crash-and-recover demo.
     Wal(wal::Args),
-    /// The main demo. For now: write a WAL in a child process, kill -9 it, recover, and
-    /// check that nothing acknowledged was lost (same as `ember wal demo`).
-    Demo(wal::DemoArgs),
+    /// The main demo: the word count with a running total over TCP against the workload
+    /// generator, live per-batch metrics, the top words and a check of every count.
+    /// (The WAL's crash-and-recover demo is `ember wal demo`.)
+    Demo(demo::Args),
     Executor(executor::Args),
+    Run(run::Args),
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -54,7 +61,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match command {
         Command::Gen(args) => r#gen::run(args),
         Command::Wal(args) => wal::run(args),
-        Command::Demo(args) => wal::demo(args),
+        Command::Demo(args) => {
+            init_logging("warn");
+            demo::run(args)
+        }
         Command::Executor(args) => executor::run(args),
+        Command::Run(args) => {
+            init_logging("info");
+            run::run(args)
+        }
+        Command::Bench(args) => {
+            init_logging("warn");
+            bench::run(args)
+        }
     }
+}
+
+/// Logs to stderr, at `default` unless RUST_LOG says otherwise.
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

@@ -1,0 +1,192 @@
+//! The `ember` word-count commands as an operator runs them: the benchmark's JSON line, the
+//! demo, and a graceful stop of a real process by SIGTERM.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn ember() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ember"))
+}
+
+#[test]
+fn bench_wordcount_prints_the_baselines_keys_and_checks_the_counts() {
+    let out = ember()
+        .args([
+            "bench",
+            "wordcount",
+            "--lines",
+            "30000",
+            "--words",
+            "5",
+            "--vocab",
+            "500",
+            "--batch-ms",
+            "200",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap();
+    let r: serde_json::Value = serde_json::from_str(line).unwrap();
+    for key in [
+        "lines_per_s",
+        "lines_per_s_connect_to_end",
+        "connect_to_last_batch_end_s",
+        "peak_rss_mb",
+        "launch_to_connect_s",
+        "batches",
+        "proc_ms_mean",
+        "proc_ms_max",
+        "sched_delay_ms_mean",
+        "sched_delay_ms_max",
+        "gen_accept_epoch_ms",
+        "batch_detail_time_records_proc_sched",
+    ] {
+        assert!(r.get(key).is_some(), "missing {key}: {line}");
+    }
+    assert_eq!(r["counts_match_expected"], true);
+    assert_eq!(r["lines"], 30000);
+    assert_eq!(r["words_counted"], 150000);
+    assert!(r["peak_rss_mb"].as_f64().unwrap() > 1.0);
+}
+
+#[test]
+fn demo_runs_the_word_count_and_checks_it() {
+    let out = ember()
+        .args([
+            "demo",
+            "--lines",
+            "50000",
+            "--batch-ms",
+            "100",
+            "--top",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("top 3 words:") && stdout.contains("1. bkquuxmr"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("every count equals the generator's expected count")
+            && stdout.contains("OK"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn sigterm_stops_a_running_pipeline_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut generator = ember()
+        .args([
+            "gen",
+            "--port",
+            "0",
+            "--lines",
+            "20000000",
+            "--stream",
+            "--close-timeout-s",
+            "5",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(generator.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    let port = ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("port="))
+        .unwrap()
+        .to_owned();
+    let (out, metrics) = (
+        dir.path().join("counts.tsv"),
+        dir.path().join("metrics.json"),
+    );
+    let mut run = ember()
+        .args([
+            "run",
+            "wordcount",
+            "--source",
+            &format!("tcp://127.0.0.1:{port}"),
+            "--lines",
+            "20000000",
+            "--batch-ms",
+            "200",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .arg("--metrics")
+        .arg(&metrics)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for two completed batches, then ask it to stop.
+    let stderr = BufReader::new(run.stderr.take().unwrap());
+    let mut lines = stderr.lines();
+    let mut completed = 0;
+    while completed < 2 {
+        let line = lines.next().unwrap().unwrap();
+        if line.contains("batch completed") && !line.contains("records=0") {
+            completed += 1;
+        }
+    }
+    let sent = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &run.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = run.wait().unwrap();
+    let _ = generator.kill();
+    let _ = generator.wait();
+    assert_eq!(status.code(), Some(143), "{}", rest.join("\n"));
+    assert!(
+        sent.elapsed() < Duration::from_secs(10),
+        "graceful stop took {:?}",
+        sent.elapsed()
+    );
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("stopping on signal") && l.contains("SIGTERM")),
+        "{}",
+        rest.join("\n")
+    );
+    // Everything received was processed: the counts add up to exactly the lines processed.
+    let m: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&metrics).unwrap().trim()).unwrap();
+    let lines_done = m["lines"].as_u64().unwrap();
+    assert!(lines_done > 0 && lines_done < 20_000_000, "{lines_done}");
+    let words: u64 = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| l.split('\t').nth(1).unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(
+        words,
+        lines_done * 10,
+        "every processed line counted, each exactly once"
+    );
+}
