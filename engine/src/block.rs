@@ -45,7 +45,7 @@ impl fmt::Display for StreamId {
 
 /// Identifies a block: its stream and a sequence number that increases with every block the
 /// stream's receiver stores (across restarts, the sequence continues; see
-/// [`crate::ContextBuilder`]). Blocks of a batch are merged in `BlockId` order, which makes
+/// [`crate::Restore`]). Blocks of a batch are merged in `BlockId` order, which makes
 /// a batch's result independent of the order in which blocks arrived or were processed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct BlockId {

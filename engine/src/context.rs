@@ -176,6 +176,8 @@ pub struct StreamingContext {
     metadata_log: Mutex<Arc<dyn MetadataLog>>,
     events_tx: mpsc::UnboundedSender<DriverEvent>,
     events_rx: Mutex<Option<mpsc::UnboundedReceiver<DriverEvent>>>,
+    frozen: Mutex<Option<Arc<Graph>>>,
+    frozen_inputs: Mutex<Vec<(StreamId, crate::dstream::OperatorId, &'static str)>>,
 }
 
 impl StreamingContext {
@@ -229,6 +231,8 @@ impl StreamingContext {
             metadata_log: Mutex::new(Arc::new(NoMetadataLog)),
             events_tx,
             events_rx: Mutex::new(Some(events_rx)),
+            frozen: Mutex::default(),
+            frozen_inputs: Mutex::default(),
         })
     }
 
@@ -263,20 +267,20 @@ impl StreamingContext {
         name: String,
         kind: InputKind,
         codec: Arc<dyn BlockCodec<T>>,
-        kind_name: &str,
+        kind_name: &'static str,
     ) -> Result<DStream<T>> {
         self.check_initialized("add an input stream")?;
-        let mut state = self.graph.state();
-        let id = StreamId(state.inputs.len() as u32);
-        state.inputs.push(InputDef {
-            id,
-            name: name.clone(),
-            kind,
-        });
-        drop(state);
+        let id = StreamId(self.graph.state().inputs.len() as u32);
         let lineage = self
             .graph
             .operator_id("input", &format!("{kind_name}:{}", id.0), &[]);
+        self.graph.state().inputs.push(InputDef {
+            id,
+            name: name.clone(),
+            kind,
+            lineage,
+            kind_name,
+        });
         let pipe = Pipe {
             branches: vec![Branch {
                 source: Source::Input(id),
@@ -427,6 +431,23 @@ impl StreamingContext {
             .push(listener);
     }
 
+    /// The pipeline's operators, for a checkpoint's compatibility check (the graph as built
+    /// so far, before `start`; the frozen graph after).
+    pub fn describe_graph(&self) -> Vec<crate::graph::OperatorInfo> {
+        let state = self.graph.state();
+        let inputs: Vec<(StreamId, crate::dstream::OperatorId, &'static str)> = state
+            .inputs
+            .iter()
+            .map(|i| (i.id, i.lineage, i.kind_name))
+            .collect();
+        let outputs = state.outputs.clone();
+        drop(state);
+        match &*lock(&self.frozen) {
+            Some(frozen) => frozen.describe(&lock(&self.frozen_inputs)),
+            None => Graph::freeze(outputs).describe(&inputs),
+        }
+    }
+
     /// Starts the pipeline: the grid starts now (`zero` = the clock's time).
     pub fn start(&self) -> Result<()> {
         let zero = BatchTime::from_millis(self.clock.now_ms());
@@ -458,6 +479,11 @@ impl StreamingContext {
         }
         let graph = Arc::new(Graph::freeze(outputs));
         graph.restore_state(restore.state)?;
+        *lock(&self.frozen_inputs) = inputs
+            .iter()
+            .map(|i| (i.id, i.lineage, i.kind_name))
+            .collect();
+        *lock(&self.frozen) = Some(Arc::clone(&graph));
 
         // Input streams: their handlers, receivers and direct inputs.
         let default_handler = Arc::clone(&lock(&self.default_handler));

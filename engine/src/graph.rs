@@ -1,12 +1,14 @@
 //! The DStream graph: built by the `DStream` API, frozen at `start`.
 //!
-//! While the pipeline is being defined, a [`GraphBuilder`] collects the input streams and the
+//! While the pipeline is being defined, a `GraphBuilder` collects the input streams and the
 //! output operations (and any error found while building, which `start` reports). At
-//! `start` it is frozen into a [`Graph`]: the nodes reachable from the outputs, each node's
+//! `start` it is frozen into a `Graph`: the nodes reachable from the outputs, each node's
 //! remember window, the block tasks to run per input stream, and the stateful operators.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
 
 use crate::block::StreamId;
 use crate::dstream::node::{AnyNode, OperatorId, lock};
@@ -78,6 +80,36 @@ impl GraphBuilder {
     }
 }
 
+/// One operator of a pipeline, for comparing graphs across restarts (see
+/// [`crate::StreamingContext::describe_graph`]). Narrow operators are fused into the
+/// operator that consumes them; their identity is part of that operator's id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OperatorInfo {
+    /// The stable id (see [`OperatorId`]).
+    pub id: OperatorId,
+    /// The kind ("input", "reduce_by_key", "update_state_by_key", "print", ...).
+    pub kind: String,
+    /// The operators it reads from.
+    pub parents: Vec<OperatorId>,
+    /// For an input, its stream.
+    pub input_stream: Option<StreamId>,
+    /// Whether it is an output operation.
+    pub output: bool,
+    /// For a stateful operator, what its snapshots hold.
+    pub state: Option<StateInfo>,
+}
+
+/// The types in a stateful operator's snapshots.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StateInfo {
+    /// The key type's name.
+    pub key_type: String,
+    /// The state (or value) type's name.
+    pub state_type: String,
+    /// The snapshot body's format version.
+    pub format_version: u32,
+}
+
 /// The frozen graph (see the module docs).
 pub(crate) struct Graph {
     pub outputs: Vec<Arc<dyn OutputOp>>,
@@ -137,6 +169,63 @@ impl Graph {
             block_tasks,
             input_remember_ms,
         }
+    }
+
+    /// The operators, inputs first, then nodes parents before children, then outputs in
+    /// definition order.
+    pub fn describe(&self, inputs: &[(StreamId, OperatorId, &'static str)]) -> Vec<OperatorInfo> {
+        let input_id = |s: StreamId| {
+            inputs
+                .iter()
+                .find(|(id, _, _)| *id == s)
+                .map(|(_, op, _)| *op)
+        };
+        let mut out: Vec<OperatorInfo> = inputs
+            .iter()
+            .map(|(stream, id, kind)| OperatorInfo {
+                id: *id,
+                kind: (*kind).to_owned(),
+                parents: Vec::new(),
+                input_stream: Some(*stream),
+                output: false,
+                state: None,
+            })
+            .collect();
+        for n in &self.nodes {
+            let mut parents: Vec<OperatorId> = n
+                .block_tasks()
+                .iter()
+                .filter_map(|(s, _)| input_id(*s))
+                .collect();
+            parents.extend(n.parents().iter().map(|(p, _)| p.info().id));
+            parents.dedup();
+            out.push(OperatorInfo {
+                id: n.info().id,
+                kind: n.info().kind.to_owned(),
+                parents,
+                input_stream: None,
+                output: false,
+                state: n.stateful().map(|s| {
+                    let (key, state) = s.state_types();
+                    StateInfo {
+                        key_type: key.to_owned(),
+                        state_type: state.to_owned(),
+                        format_version: crate::dstream::state::STATE_FORMAT_VERSION,
+                    }
+                }),
+            });
+        }
+        for op in &self.outputs {
+            out.push(OperatorInfo {
+                id: op.id(),
+                kind: op.kind().to_owned(),
+                parents: vec![op.node().info().id],
+                input_stream: None,
+                output: true,
+                state: None,
+            });
+        }
+        out
     }
 
     /// Drops what no later batch needs, after batch `done` completed.

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
-use crate::dstream::node::{AnyNode, BatchCx, Data, NodeCell, catch, lock};
+use crate::dstream::node::{AnyNode, BatchCx, Data, NodeCell, OperatorId, catch, lock};
 use crate::dstream::{BatchData, DStream};
 use crate::error::{Error, Result};
 use crate::text::Str;
@@ -25,6 +25,10 @@ use crate::time::BatchTime;
 
 /// An output operation, as the batch runner sees it.
 pub(crate) trait OutputOp: Send + Sync + 'static {
+    /// The operation's identity.
+    fn id(&self) -> OperatorId;
+    /// Its kind ("print", ...).
+    fn kind(&self) -> &'static str;
     /// `kind#id`, for metrics and errors.
     fn label(&self) -> &str;
     /// The node whose data the job writes.
@@ -36,12 +40,22 @@ pub(crate) trait OutputOp: Send + Sync + 'static {
 type JobFn<T> = dyn FnMut(&BatchData<T>, BatchTime) -> std::result::Result<(), String> + Send;
 
 struct ForEach<T> {
+    id: OperatorId,
+    kind: &'static str,
     label: String,
     node: Arc<NodeCell<T>>,
     f: Mutex<Box<JobFn<T>>>,
 }
 
 impl<T: Data> OutputOp for ForEach<T> {
+    fn id(&self) -> OperatorId {
+        self.id
+    }
+
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
     fn label(&self) -> &str {
         &self.label
     }
@@ -68,12 +82,14 @@ impl<T: Data> OutputOp for ForEach<T> {
 
 pub(crate) fn foreach_batch<T: Data>(
     stream: &DStream<T>,
-    kind: &str,
+    kind: &'static str,
     f: impl FnMut(&BatchData<T>, BatchTime) -> std::result::Result<(), String> + Send + 'static,
 ) {
     let node = stream.node();
     let id = stream.graph().operator_id(kind, "", &[stream.lineage()]);
     let op = ForEach {
+        id,
+        kind,
         label: format!("{kind}#{id}"),
         node,
         f: Mutex::new(Box::new(f)),
@@ -117,6 +133,7 @@ pub(crate) fn save_as_text_files<T: Data + TextRecord>(
     );
     let label = format!("save_as_text_files#{id}");
     let op = SaveText {
+        id,
         label,
         node,
         prefix,
@@ -126,6 +143,7 @@ pub(crate) fn save_as_text_files<T: Data + TextRecord>(
 }
 
 struct SaveText<T> {
+    id: OperatorId,
     label: String,
     node: Arc<NodeCell<T>>,
     prefix: PathBuf,
@@ -133,6 +151,14 @@ struct SaveText<T> {
 }
 
 impl<T: Data + TextRecord> OutputOp for SaveText<T> {
+    fn id(&self) -> OperatorId {
+        self.id
+    }
+
+    fn kind(&self) -> &'static str {
+        "save_as_text_files"
+    }
+
     fn label(&self) -> &str {
         &self.label
     }

@@ -371,3 +371,71 @@ fn snapshots_of_another_graph_are_refused_clearly() {
         "{err}"
     );
 }
+
+#[test]
+fn the_graph_description_is_stable_and_names_state_types() {
+    let tmp = tempfile::tempdir().unwrap();
+    let describe = || {
+        pipeline(
+            tmp.path(),
+            Arc::new(KeepAll::default()),
+            Arc::new(Log::default()),
+        )
+        .ctx
+        .describe_graph()
+    };
+    let a = describe();
+    assert_eq!(a, describe(), "the same code describes the same graph");
+    let kinds: Vec<&str> = a.iter().map(|o| o.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "receiver_stream",
+            "reduce_by_key",
+            "group_by_key",
+            "update_state_by_key",
+            "save_as_text_files"
+        ]
+    );
+    let state = a.iter().find(|o| o.kind == "update_state_by_key").unwrap();
+    let info = state.state.as_ref().unwrap();
+    assert_eq!(
+        (info.key_type.as_str(), info.state_type.as_str()),
+        ("engine::text::Str", "u64")
+    );
+    assert_eq!(state.parents, [a[2].id]);
+    assert_eq!(a[1].input_stream, None);
+    assert_eq!(
+        a[1].parents,
+        [a[0].id],
+        "fused narrow operators read the input directly"
+    );
+    assert!(a[4].output);
+
+    // Another narrow operator before the shuffle changes every id downstream of it, so a
+    // snapshot of the old graph's state is not restored into the new one.
+    let ctx = StreamingContext::new(Config::new(Duration::from_secs(1))).unwrap();
+    let (_input, rx) = mpsc::channel();
+    let (stored, _) = mpsc::channel();
+    let lines = ctx
+        .receiver_stream(
+            "lines",
+            Lines {
+                batches: Arc::new(Mutex::new(rx)),
+                stored,
+            },
+        )
+        .unwrap();
+    lines
+        .flat_map(|l| l.split(' '))
+        .filter(|w| !w.is_empty())
+        .map(|w| (w, 1u64))
+        .reduce_by_key(|a, b| a + b)
+        .update_state_by_key(|new: Vec<u64>, total: Option<u64>| {
+            Some(total.unwrap_or(0) + new.iter().sum::<u64>())
+        })
+        .save_as_text_files(tmp.path().join("x"), "txt");
+    let b = ctx.describe_graph();
+    assert_eq!(b[0].id, a[0].id, "the input is the same");
+    assert_ne!(b[3].id, a[3].id, "the state's lineage changed");
+}

@@ -4,7 +4,7 @@
 //! new handles; output operations register jobs that run once per batch. Nothing runs until
 //! [`crate::StreamingContext::start`].
 //!
-//! How the operators execute (see also [`pipe`]):
+//! How the operators execute (see also the `pipe` module):
 //! - Narrow operators (`map`, `flat_map`, `filter`, `map_partitions`, `union`) are fused
 //!   into one pass per unit of input; nothing is materialised between them.
 //! - Key operators (`reduce_by_key`, `combine_by_key`, `group_by_key`, `count_by_value`,

@@ -71,6 +71,8 @@ pub struct StateSnapshot {
 pub(crate) trait StatefulOp: Send + Sync + 'static {
     fn id(&self) -> OperatorId;
     fn kind(&self) -> &'static str;
+    /// The key and state type names, as snapshots record them.
+    fn state_types(&self) -> (&'static str, &'static str);
     /// The last batch the state includes.
     fn state_time(&self) -> Option<BatchTime>;
     fn snapshot(&self, time: BatchTime) -> Result<StateSnapshot>;
@@ -467,6 +469,10 @@ where
         "update_state_by_key"
     }
 
+    fn state_types(&self) -> (&'static str, &'static str) {
+        (type_name::<K>(), type_name::<S>())
+    }
+
     fn state_time(&self) -> Option<BatchTime> {
         lock(&self.state).time
     }
@@ -780,6 +786,10 @@ where
 
     fn kind(&self) -> &'static str {
         "map_with_state"
+    }
+
+    fn state_types(&self) -> (&'static str, &'static str) {
+        (type_name::<K>(), type_name::<S>())
     }
 
     fn state_time(&self) -> Option<BatchTime> {

@@ -380,6 +380,10 @@ where
         "reduce_by_key_and_window_inv"
     }
 
+    fn state_types(&self) -> (&'static str, &'static str) {
+        (std::any::type_name::<K>(), std::any::type_name::<V>())
+    }
+
     fn state_time(&self) -> Option<BatchTime> {
         lock(&self.state).time
     }

@@ -29,6 +29,10 @@ pub(crate) struct InputDef {
     pub id: StreamId,
     pub name: String,
     pub kind: InputKind,
+    /// The input's operator id (the root of its streams' lineage).
+    pub lineage: crate::dstream::OperatorId,
+    /// What it is ("socket_text_stream", ...).
+    pub kind_name: &'static str,
 }
 
 /// Starts a receiver task given its context.
