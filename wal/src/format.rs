@@ -142,6 +142,38 @@ pub fn record_crc(segment_id: SegmentId, lsn: Lsn, payload: &[u8]) -> u32 {
     hasher.finalize()
 }
 
+/// The record checksum from a running CRC of the payload alone (computed elsewhere, for
+/// example by the appending thread): CRC-32 is linear, so the CRC of
+/// `segment_id | lsn | len` is combined with the payload's. Equal to [`record_crc`].
+pub fn record_crc_with(
+    segment_id: SegmentId,
+    lsn: Lsn,
+    payload_len: usize,
+    payload_crc: &crc32fast::Hasher,
+) -> u32 {
+    let mut prefix = [0u8; 20];
+    prefix[0..8].copy_from_slice(&segment_id.get().to_le_bytes());
+    prefix[8..16].copy_from_slice(&lsn.get().to_le_bytes());
+    prefix[16..20].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&prefix);
+    hasher.combine(payload_crc);
+    hasher.finalize()
+}
+
+/// The 16-byte frame header of a record with `payload_len` bytes and checksum `crc`.
+///
+/// # Panics
+/// If the payload is 4 GiB or longer.
+pub fn record_header(lsn: Lsn, payload_len: usize, crc: u32) -> [u8; RECORD_HEADER_LEN] {
+    let len = u32::try_from(payload_len).expect("record payload must be < 4 GiB");
+    let mut header = [0u8; RECORD_HEADER_LEN];
+    header[0..4].copy_from_slice(&len.to_le_bytes());
+    header[4..8].copy_from_slice(&crc.to_le_bytes());
+    header[8..16].copy_from_slice(&lsn.get().to_le_bytes());
+    header
+}
+
 /// Appends the frame of one record to `out`.
 ///
 /// # Panics
@@ -545,6 +577,27 @@ mod tests {
         covered.extend_from_slice(&5u32.to_le_bytes());
         covered.extend_from_slice(b"hello");
         assert_eq!(crc32fast::hash(&covered).to_le_bytes(), expected[4..8]);
+    }
+
+    #[test]
+    fn combined_crc_equals_direct_crc() {
+        for len in [0usize, 1, 15, 16, 100, 4096, 70_000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            let mut hasher = crc32fast::Hasher::new();
+            hasher.update(&payload);
+            assert_eq!(
+                record_crc_with(SegmentId::new(5), Lsn::new(77), len, &hasher),
+                record_crc(SegmentId::new(5), Lsn::new(77), &payload),
+                "len {len}"
+            );
+            let mut framed = Vec::new();
+            encode_record(&mut framed, SegmentId::new(5), Lsn::new(77), &payload);
+            let crc = record_crc(SegmentId::new(5), Lsn::new(77), &payload);
+            assert_eq!(
+                record_header(Lsn::new(77), len, crc)[..],
+                framed[..RECORD_HEADER_LEN]
+            );
+        }
     }
 
     #[test]

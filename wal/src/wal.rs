@@ -381,9 +381,17 @@ impl Wal {
             .acquire_many_owned(frame_len as u32)
             .await
             .map_err(|_| closed())?;
+        // Hash large payloads here, on the appending thread, in parallel with other
+        // appenders; the writer only combines this with the frame header's CRC.
+        let payload_crc = (payload.len() >= crate::writer::VECTORED_PAYLOAD_MIN_BYTES).then(|| {
+            let mut hasher = crc32fast::Hasher::new();
+            hasher.update(&payload);
+            hasher
+        });
         let (done, resolved) = oneshot::channel();
         self.enqueue(Request::Append {
             payload,
+            payload_crc,
             done,
             _permits: (count, bytes),
         })?;

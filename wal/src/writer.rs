@@ -20,8 +20,10 @@
 //!    the previous sync's duration, and never more than `delay_us_max`, so waiting can cost
 //!    an append at most a quarter of a sync in latency; with one appender it never waits.
 //!    While a sync is in progress, new requests simply queue; they form the next group.
-//! 5. **Writing.** The group's frames are encoded into one buffer and appended with one
-//!    write. A record that does not fit in the active segment ends the group's current
+//! 5. **Writing.** The group's frames are appended with one (vectored) write: headers and
+//!    small payloads are copied into one buffer, payloads of [`VECTORED_PAYLOAD_MIN_BYTES`]
+//!    or more are written from the appender's own bytes (their CRC was computed by the
+//!    appending thread, in parallel, and is combined with the header's here). A record that does not fit in the active segment ends the group's current
 //!    part: that part is written and synced, the segment is sealed, and a new segment is
 //!    created (rule 8) before the rest is framed.
 //! 6. **Syncing.** After the write, one sync (`fdatasync`) covers the whole group, for
@@ -69,6 +71,8 @@ use crate::wal::Shared;
 pub(crate) enum Request {
     Append {
         payload: Bytes,
+        /// CRC of the payload alone, computed by the appender for large payloads.
+        payload_crc: Option<crc32fast::Hasher>,
         done: oneshot::Sender<Result<Lsn>>,
         /// Returned to the admission semaphores when the request is dropped (rule 1).
         _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
@@ -99,6 +103,11 @@ impl Request {
     }
 }
 
+/// Payloads at least this large are written without copying (vectored write) and have
+/// their CRC computed by the appending thread; smaller ones are cheaper to copy and hash
+/// on the writer.
+pub(crate) const VECTORED_PAYLOAD_MIN_BYTES: usize = 4096;
+
 /// The queue between appenders and the writer.
 #[derive(Default)]
 pub(crate) struct Queue {
@@ -116,6 +125,13 @@ struct Active {
     next_index_at: u64,
 }
 
+/// One run of the current part's bytes: a range of `Writer::buf`, or a payload written
+/// from its own memory.
+enum Piece {
+    Buf { start: usize, end: usize },
+    Payload(Bytes),
+}
+
 /// An append framed in the current part, waiting for the part's sync.
 struct Framed {
     lsn: Lsn,
@@ -128,8 +144,12 @@ pub(crate) struct Writer {
     active: Option<Active>,
     next_lsn: Lsn,
     next_segment_id: SegmentId,
-    /// Frames of the current part, not yet written.
+    /// Headers and small payloads of the current part, not yet written.
     buf: Vec<u8>,
+    /// The current part, in order: ranges of `buf` and large payloads.
+    pieces: Vec<Piece>,
+    /// Bytes in the current part.
+    part_len: u64,
     part: Vec<Framed>,
     part_index: Vec<(Lsn, u64)>,
     /// Bytes written to the active segment since its last successful sync.
@@ -147,6 +167,8 @@ impl Writer {
             next_lsn,
             next_segment_id,
             buf: Vec::new(),
+            pieces: Vec::new(),
+            part_len: 0,
             part: Vec::new(),
             part_index: Vec::new(),
             unsynced: false,
@@ -277,6 +299,7 @@ impl Writer {
                 Request::Sync { done } => sync_waiters.push(done),
                 Request::Append {
                     payload,
+                    payload_crc,
                     done,
                     _permits,
                 } => {
@@ -287,6 +310,7 @@ impl Writer {
                         if let Err(err) = rotated {
                             let current = Request::Append {
                                 payload,
+                                payload_crc,
                                 done,
                                 _permits,
                             };
@@ -294,7 +318,7 @@ impl Writer {
                             return;
                         }
                     }
-                    self.frame(payload, done, _permits);
+                    self.frame(payload, payload_crc, done, _permits);
                 }
             }
         }
@@ -320,7 +344,7 @@ impl Writer {
         match &self.active {
             None => false,
             Some(active) => {
-                active.writer.size_bytes() + self.buf.len() as u64 + frame_len
+                active.writer.size_bytes() + self.part_len + frame_len
                     <= self.shared.config.segment_size_max_bytes
             }
         }
@@ -329,18 +353,32 @@ impl Writer {
     fn frame(
         &mut self,
         payload: Bytes,
+        payload_crc: Option<crc32fast::Hasher>,
         done: oneshot::Sender<Result<Lsn>>,
         permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
     ) {
         let Some(active) = self.active.as_mut() else {
             unreachable!("frame() is only called after fits() or rotate() made a segment active");
         };
-        let offset = active.writer.size_bytes() + self.buf.len() as u64;
+        let offset = active.writer.size_bytes() + self.part_len;
         if offset >= active.next_index_at {
             self.part_index.push((self.next_lsn, offset));
             active.next_index_at = offset + self.shared.config.index_interval_bytes;
         }
-        format::encode_record(&mut self.buf, active.id, self.next_lsn, &payload);
+        let crc = match &payload_crc {
+            Some(payload_crc) => {
+                format::record_crc_with(active.id, self.next_lsn, payload.len(), payload_crc)
+            }
+            None => format::record_crc(active.id, self.next_lsn, &payload),
+        };
+        let header = format::record_header(self.next_lsn, payload.len(), crc);
+        self.push_buf(&header);
+        if payload.len() >= VECTORED_PAYLOAD_MIN_BYTES {
+            self.pieces.push(Piece::Payload(payload.clone()));
+        } else {
+            self.push_buf(&payload);
+        }
+        self.part_len += format::frame_len(payload.len());
         self.part.push(Framed {
             lsn: self.next_lsn,
             done,
@@ -349,15 +387,36 @@ impl Writer {
         self.next_lsn = self.next_lsn.next();
     }
 
+    /// Appends bytes to `buf`, extending the last piece if it is a range of `buf`.
+    fn push_buf(&mut self, bytes: &[u8]) {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(bytes);
+        let end = self.buf.len();
+        match self.pieces.last_mut() {
+            Some(Piece::Buf { end: last_end, .. }) if *last_end == start => *last_end = end,
+            _ => self.pieces.push(Piece::Buf { start, end }),
+        }
+    }
+
     /// Writes the buffered part, syncs it if asked, publishes and resolves it.
     fn finish_part(&mut self, sync: bool) -> Result<()> {
         let shared = Arc::clone(&self.shared);
         let Some(active) = self.active.as_mut() else {
             return Ok(());
         };
-        if !self.buf.is_empty() {
+        if self.part_len > 0 {
             let start = active.writer.size_bytes();
-            if let Err(e) = active.writer.append(&self.buf) {
+            let parts: Vec<&[u8]> = self
+                .pieces
+                .iter()
+                .map(|piece| match piece {
+                    Piece::Buf { start, end } => &self.buf[*start..*end],
+                    Piece::Payload(payload) => &payload[..],
+                })
+                .collect();
+            let appended = active.writer.append(&parts);
+            drop(parts);
+            if let Err(e) = appended {
                 // Rule 9: cut what may have been written, give the Lsns back.
                 let name = shared.store.segment_name(active.id);
                 let result = match active.writer.rewind(start) {
@@ -376,6 +435,8 @@ impl Writer {
                     active.next_index_at = offset;
                 }
                 self.buf.clear();
+                self.pieces.clear();
+                self.part_len = 0;
                 self.part_index.clear();
                 for framed in self.part.drain(..) {
                     let _ = framed.done.send(Err(shared.replicate(&result)));
@@ -383,6 +444,8 @@ impl Writer {
                 return Err(result);
             }
             self.buf.clear();
+            self.pieces.clear();
+            self.part_len = 0;
             self.unsynced = true;
         }
         if sync && self.unsynced {

@@ -108,9 +108,18 @@ fn run(policy: SyncPolicy, segment_size_max_bytes: u64, preallocate: bool, actio
         sim: SimDir::new(),
         preallocate,
     };
+    let record_size_max_bytes = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Append(lens) => lens.iter().max().copied(),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+        .max(300) as u64;
     let config = Config {
-        segment_size_max_bytes,
-        record_size_max_bytes: 300,
+        segment_size_max_bytes: segment_size_max_bytes.max(record_size_max_bytes + 48),
+        record_size_max_bytes,
         sync_policy: policy,
         index_interval_bytes: 100,
         append_bytes_in_flight_max: 1 << 20,
@@ -223,6 +232,25 @@ proptest! {
         )),
         ..ProptestConfig::default()
     })]
+
+    /// The same with records of several KiB too, which take the writer's other path
+    /// (written without copying, hashed by the appending thread).
+    #[test]
+    fn with_large_records_too(
+        policy in policy(),
+        segment_size_max_bytes in 10_000u64..40_000,
+        preallocate in any::<bool>(),
+        actions in prop::collection::vec(
+            prop_oneof![
+                3 => prop::collection::vec(prop_oneof![0usize..300, 4000usize..9000], 1..4)
+                    .prop_map(Action::Append),
+                1 => action(),
+            ],
+            1..30,
+        ),
+    ) {
+        run(policy, segment_size_max_bytes, preallocate, &actions);
+    }
 
     #[test]
     fn recovered_log_is_a_prefix_holding_every_durable_record(

@@ -177,6 +177,30 @@ impl DirFile for LocalFile {
         self.file.write_all_at(buf, offset)
     }
 
+    fn write_vectored_at(&mut self, offset: u64, bufs: &[&[u8]]) -> io::Result<()> {
+        // std has no positional vectored write: position the cursor, then writev. Only
+        // this handle writes the file (the trait's contract), and reads use pread, so
+        // moving the cursor disturbs nobody.
+        use std::io::{IoSlice, Seek, SeekFrom, Write};
+        self.file.seek(SeekFrom::Start(offset))?;
+        let mut slices: Vec<IoSlice<'_>> = bufs.iter().map(|b| IoSlice::new(b)).collect();
+        let mut remaining = &mut slices[..];
+        while !remaining.is_empty() {
+            match self.file.write_vectored(remaining) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "writev wrote nothing",
+                    ));
+                }
+                Ok(n) => IoSlice::advance_slices(&mut remaining, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     fn sync_data(&mut self) -> io::Result<()> {
         self.file.sync_data()
     }

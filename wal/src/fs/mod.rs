@@ -106,6 +106,17 @@ pub trait DirFile: Send + Sync + fmt::Debug {
     /// On error, a prefix of `buf` may have been written.
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()>;
 
+    /// Writes `bufs`, one after the other, at `offset`, as [`DirFile::write_at`] would
+    /// their concatenation (`writev(2)` where the implementation can, saving a copy).
+    /// On error, a prefix may have been written.
+    fn write_vectored_at(&mut self, mut offset: u64, bufs: &[&[u8]]) -> io::Result<()> {
+        for buf in bufs {
+            self.write_at(offset, buf)?;
+            offset += buf.len() as u64;
+        }
+        Ok(())
+    }
+
     /// Makes the file's content and length durable (`fdatasync(2)`). Not the name: see
     /// [`Dir::sync_dir`].
     fn sync_data(&mut self) -> io::Result<()>;

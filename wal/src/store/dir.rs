@@ -365,11 +365,11 @@ struct DirSegmentWriter {
 }
 
 impl SegmentWriter for DirSegmentWriter {
-    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+    fn append(&mut self, parts: &[&[u8]]) -> io::Result<()> {
         // On error a prefix may have been written; `position` stays at the last known good
         // end and the WAL calls `rewind(position)` before doing anything else.
-        self.file.write_at(self.position, bytes)?;
-        self.position += bytes.len() as u64;
+        self.file.write_vectored_at(self.position, parts)?;
+        self.position += parts.iter().map(|p| p.len() as u64).sum::<u64>();
         self.allocated = self.allocated.max(self.position);
         Ok(())
     }

@@ -111,8 +111,10 @@ pub trait SegmentStore: Send + Sync + fmt::Debug {
 
 /// Appends to one segment. Created by [`SegmentStore::create`].
 pub trait SegmentWriter: Send + fmt::Debug {
-    /// Appends bytes (whole record frames). Not durable until [`SegmentWriter::sync`].
-    fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Appends the concatenation of `parts` (whole record frames; the parts let large
+    /// payloads go to storage without being copied into one buffer first). Not durable
+    /// until [`SegmentWriter::sync`].
+    fn append(&mut self, parts: &[&[u8]]) -> io::Result<()>;
 
     /// Makes every byte appended so far durable, and the segment's existence with it.
     fn sync(&mut self) -> io::Result<()>;
