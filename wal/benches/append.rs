@@ -182,7 +182,11 @@ fn ember_run(o: &Options, size: usize, appenders: usize, retention: bool) -> Sam
         config.segment_size_max_bytes,
     ));
     let wal = Arc::new(Wal::open(Arc::clone(&store) as Arc<dyn SegmentStore>, config).unwrap());
-    // Steady state: a long-running log always has a prepared segment at hand.
+    // Steady state: the first segment is in use and the next one is prepared, as in a
+    // long-running log (where preparing happens once per segment, not at every start).
+    store.wait_for_prepared(Duration::from_secs(20));
+    wal.append_blocking(bytes::Bytes::from_static(b"warm-up"))
+        .unwrap();
     store.wait_for_prepared(Duration::from_secs(20));
     let stop = Arc::new(AtomicBool::new(false));
     let retainer = retention.then(|| {

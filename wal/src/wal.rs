@@ -4,7 +4,7 @@ use std::future::Future;
 use std::io;
 use std::path::Path;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{
     Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard,
 };
@@ -41,6 +41,9 @@ pub(crate) struct Shared {
     /// Lsn after the last acknowledged record.
     pub(crate) acked_end: AtomicU64,
     pub(crate) stats: StatsCounters,
+    /// Set while the writer waits for followers to join a group (rule 4): only then does
+    /// a new request need to wake it.
+    pub(crate) group_forming: AtomicBool,
 }
 
 /// Counters kept by the writer.
@@ -168,6 +171,8 @@ pub struct RecoveryReport {
 pub struct Wal {
     shared: Arc<Shared>,
     writer: Option<JoinHandle<()>>,
+    /// The writer's state, shared by the writer thread and leading blocking appenders.
+    writer_state: Option<Arc<Mutex<Writer>>>,
     recovery: RecoveryReport,
     _lock: Option<Box<dyn Send + Sync>>,
 }
@@ -330,21 +335,28 @@ impl Wal {
             durable_end: AtomicU64::new(next_lsn.get()),
             acked_end: AtomicU64::new(next_lsn.get()),
             stats: StatsCounters::default(),
+            group_forming: AtomicBool::new(false),
             config,
         });
-        let writer = if read_only {
-            None
+        let (writer, writer_state) = if read_only {
+            (None, None)
         } else {
-            let writer = Writer::new(Arc::clone(&shared), next_lsn, next_segment_id);
+            let state = Arc::new(Mutex::new(Writer::new(
+                Arc::clone(&shared),
+                next_lsn,
+                next_segment_id,
+            )));
+            let (thread_state, thread_shared) = (Arc::clone(&state), Arc::clone(&shared));
             let handle = thread::Builder::new()
                 .name("wal-writer".to_owned())
-                .spawn(move || writer.run())
+                .spawn(move || Writer::run_thread(thread_state, thread_shared))
                 .map_err(|e| Error::io("start writer thread for", shared.location.clone(), e))?;
-            Some(handle)
+            (Some(handle), Some(state))
         };
         Ok(Wal {
             shared,
             writer,
+            writer_state,
             recovery,
             _lock: lock,
         })
@@ -358,7 +370,14 @@ impl Wal {
     /// the future after the record was queued does not withdraw it: it may still be
     /// written, under an Lsn the caller never learns.
     pub async fn append(&self, record: impl Into<Bytes>) -> Result<Lsn> {
-        let payload = record.into();
+        let (request, resolved) = self.admit(record.into()).await?;
+        self.enqueue(request, true)?;
+        resolved.await.map_err(|_| self.closed())?
+    }
+
+    /// Checks and admits an append (rule 1 of the protocol): waits for permits, hashes a
+    /// large payload, and returns the request to queue and the channel of its outcome.
+    async fn admit(&self, payload: Bytes) -> Result<(Request, oneshot::Receiver<Result<Lsn>>)> {
         let shared = &self.shared;
         self.check_writable()?;
         let len_bytes = payload.len() as u64;
@@ -369,18 +388,15 @@ impl Wal {
             });
         }
         let frame_len = format::frame_len(payload.len());
-        let closed = || Error::Closed {
-            location: shared.location.clone(),
-        };
         let count = Arc::clone(&shared.admit_count)
             .acquire_owned()
             .await
-            .map_err(|_| closed())?;
+            .map_err(|_| self.closed())?;
         // `validate` keeps a frame far below u32::MAX (record_size_max_bytes <= 1 GiB).
         let bytes = Arc::clone(&shared.admit_bytes)
             .acquire_many_owned(frame_len as u32)
             .await
-            .map_err(|_| closed())?;
+            .map_err(|_| self.closed())?;
         // Hash large payloads here, on the appending thread, in parallel with other
         // appenders; the writer only combines this with the frame header's CRC.
         let payload_crc = (payload.len() >= crate::writer::VECTORED_PAYLOAD_MIN_BYTES).then(|| {
@@ -389,19 +405,55 @@ impl Wal {
             hasher
         });
         let (done, resolved) = oneshot::channel();
-        self.enqueue(Request::Append {
-            payload,
-            payload_crc,
-            done,
-            _permits: (count, bytes),
-        })?;
-        resolved.await.map_err(|_| closed())?
+        Ok((
+            Request::Append {
+                payload,
+                payload_crc,
+                done,
+                _permits: (count, bytes),
+            },
+            resolved,
+        ))
+    }
+
+    fn closed(&self) -> Error {
+        Error::Closed {
+            location: self.shared.location.clone(),
+        }
     }
 
     /// [`Wal::append`] for plain threads: blocks the calling thread until the record is
-    /// durable. Do not call it on an async runtime's worker thread.
+    /// durable. If no commit is under way, the calling thread writes and syncs the group
+    /// itself (see rule 12 in [`crate::writer`]), which saves two thread handoffs. Do not
+    /// call it on an async runtime's worker thread.
     pub fn append_blocking(&self, record: impl Into<Bytes>) -> Result<Lsn> {
-        block_on(self.append(record))
+        let (request, resolved) = block_on(self.admit(record.into()))?;
+        self.enqueue(request, false)?;
+        self.lead_or_wake();
+        block_on(resolved).map_err(|_| self.closed())?
+    }
+
+    /// Rule 12: commits the next group on this thread if the writer is free. If it is
+    /// not, whoever holds it (the writer thread or another leader) looks at the queue
+    /// again after letting go, so this request is not forgotten and nobody needs waking.
+    fn lead_or_wake(&self) {
+        let Some(writer) = &self.writer_state else {
+            return;
+        };
+        let Ok(mut writer) = writer.try_lock() else {
+            if self.shared.group_forming.load(Ordering::Acquire) {
+                // The holder is waiting for followers: this request may complete its group.
+                self.shared.queue_ready.notify_one();
+            }
+            return;
+        };
+        writer.commit_next();
+        drop(writer);
+        // Requests that arrived while this thread committed: hand them to the writer
+        // thread rather than keep this appender from returning.
+        if !self.shared.lock_queue().requests.is_empty() {
+            self.shared.queue_ready.notify_one();
+        }
     }
 
     /// Resolves once every record appended before this call is durable; returns the
@@ -409,10 +461,8 @@ impl Wal {
     pub async fn sync(&self) -> Result<Option<Lsn>> {
         self.check_writable()?;
         let (done, resolved) = oneshot::channel();
-        self.enqueue(Request::Sync { done })?;
-        resolved.await.map_err(|_| Error::Closed {
-            location: self.shared.location.clone(),
-        })?
+        self.enqueue(Request::Sync { done }, true)?;
+        resolved.await.map_err(|_| self.closed())?
     }
 
     /// [`Wal::sync`] for plain threads.
@@ -420,7 +470,9 @@ impl Wal {
         block_on(self.sync())
     }
 
-    fn enqueue(&self, request: Request) -> Result<()> {
+    /// Queues a request; `wake` notifies the writer thread (a blocking appender first
+    /// tries to commit the group itself).
+    fn enqueue(&self, request: Request, wake: bool) -> Result<()> {
         let mut queue = self.shared.lock_queue();
         if queue.closed {
             return Err(Error::Closed {
@@ -430,7 +482,9 @@ impl Wal {
         queue.bytes += request.frame_len();
         queue.requests.push_back(request);
         drop(queue);
-        self.shared.queue_ready.notify_one();
+        if wake {
+            self.shared.queue_ready.notify_one();
+        }
         Ok(())
     }
 

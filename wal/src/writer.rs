@@ -1,5 +1,7 @@
-//! The writer thread: assigns Lsns, frames records, writes and syncs them, and resolves
-//! appends. One writer thread per [`crate::Wal`].
+//! The writer: assigns Lsns, frames records, writes and syncs them, and resolves appends.
+//! One writer per [`crate::Wal`], a state behind a mutex that its writer thread, or a
+//! blocking appender leading a commit (rule 12), holds while committing a group. "The
+//! writer" below is whoever holds it; there is never more than one.
 //!
 //! # The group-commit protocol
 //!
@@ -9,7 +11,8 @@
 //!    and are returned only when the append resolves, so accepted-but-unresolved work is
 //!    bounded in count and bytes: this is the backpressure.
 //! 2. **Queueing.** The request (payload, completion channel, permits) is pushed on the
-//!    queue under its mutex and the writer is notified. Nothing else touches the log.
+//!    queue under its mutex; then the writer thread is notified, or a blocking appender
+//!    tries to lead (rule 12). Nothing but the writer touches the log.
 //! 3. **Lsns are assigned by the writer alone**, in queue order, when it frames a record.
 //!    So Lsns are dense and strictly increasing, and a record that fails to be written
 //!    gives its Lsn back: the next record gets it, and nobody ever saw it acknowledged.
@@ -50,10 +53,20 @@
 //! 11. **Shutdown.** Closing the log stops admission, lets the writer finish every queued
 //!     request, syncs what is unsynced (`UnsafeNoSync`), trims the active segment's unused
 //!     preallocated space (durably) and ends the thread.
+//! 12. **Leading.** The writer's state sits behind a mutex. The writer thread takes it
+//!     only to commit a group. A *blocking* appender, after queueing its request, tries
+//!     to take it: if it is free, the appender commits the next group itself, on its own
+//!     thread (rules 4 to 10 unchanged, its own request usually in that group), then wakes
+//!     the writer thread if requests remain. If it is taken, the appender just waits:
+//!     every holder looks at the queue again after letting go (the writer thread before it
+//!     sleeps, a leader before it returns), and the request was queued before the failed
+//!     attempt, so it is seen. So a lone blocking appender writes and syncs in its own
+//!     thread, with no thread handoff at all. Async appenders never lead: an
+//!     `fdatasync` must not block an async runtime's worker.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -107,6 +120,12 @@ impl Request {
 /// their CRC computed by the appending thread; smaller ones are cheaper to copy and hash
 /// on the writer.
 pub(crate) const VECTORED_PAYLOAD_MIN_BYTES: usize = 4096;
+
+/// Locks the writer. A panic while committing would leave it in an unknown state, but
+/// there is no panicking path that does not also poison the log first.
+pub(crate) fn lock_writer(writer: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
+    writer.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// The queue between appenders and the writer.
 #[derive(Default)]
@@ -177,11 +196,36 @@ impl Writer {
         }
     }
 
-    /// The thread's body: groups until the log closes, then a final sync (rule 11).
-    pub(crate) fn run(mut self) {
-        while let Some(group) = self.next_group() {
+    /// The writer thread's body: commits groups until the log closes and its queue is
+    /// drained, then the final sync (rule 11). It holds the writer only while committing,
+    /// so a blocking appender can lead in between (rule 12).
+    pub(crate) fn run_thread(writer: Arc<Mutex<Writer>>, shared: Arc<Shared>) {
+        loop {
+            {
+                let mut queue = shared.lock_queue();
+                while queue.requests.is_empty() && !queue.closed {
+                    queue = shared
+                        .queue_ready
+                        .wait(queue)
+                        .unwrap_or_else(|p| p.into_inner());
+                }
+                if queue.requests.is_empty() {
+                    break; // closed and drained
+                }
+            }
+            lock_writer(&writer).commit_next();
+        }
+        lock_writer(&writer).shutdown();
+    }
+
+    /// Takes one group off the queue, if any, and commits it.
+    pub(crate) fn commit_next(&mut self) {
+        if let Some(group) = self.take_group() {
             self.commit(group);
         }
+    }
+
+    fn shutdown(&mut self) {
         if self.shared.poisoned().is_some() {
             return;
         }
@@ -205,19 +249,13 @@ impl Writer {
         }
     }
 
-    /// Rule 4: waits for work and takes one group off the queue; `None` once closed and
-    /// drained.
-    fn next_group(&mut self) -> Option<Vec<Request>> {
+    /// Rule 4: takes one group off the queue (`None` if it is empty), first waiting a
+    /// little for followers.
+    fn take_group(&mut self) -> Option<Vec<Request>> {
         let shared = Arc::clone(&self.shared);
         let mut queue = shared.lock_queue();
-        while queue.requests.is_empty() {
-            if queue.closed {
-                return None;
-            }
-            queue = shared
-                .queue_ready
-                .wait(queue)
-                .unwrap_or_else(|p| p.into_inner());
+        if queue.requests.is_empty() {
+            return None;
         }
         let (delay, bytes_max) = match shared.config.sync_policy {
             SyncPolicy::GroupCommit {
@@ -230,6 +268,7 @@ impl Writer {
             SyncPolicy::EveryRecord | SyncPolicy::UnsafeNoSync => (Duration::ZERO, u64::MAX),
         };
         if !delay.is_zero() {
+            shared.group_forming.store(true, Ordering::Release);
             let deadline = Instant::now() + delay;
             while queue.requests.len() < self.last_group_len
                 && queue.bytes < bytes_max
@@ -245,6 +284,7 @@ impl Writer {
                     .unwrap_or_else(|p| p.into_inner())
                     .0;
             }
+            shared.group_forming.store(false, Ordering::Release);
         }
         let mut group = Vec::new();
         let mut bytes = 0u64;

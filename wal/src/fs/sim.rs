@@ -151,6 +151,8 @@ struct State {
     sync_data_fail_name: Option<String>,
     sync_dir_fail_after: Option<u64>,
     capacity_bytes: Option<u64>,
+    /// How long each `sync_data` takes (slept without holding the state).
+    sync_latency: std::time::Duration,
     stats: SimStats,
 }
 
@@ -330,6 +332,13 @@ impl SimDir {
     /// Makes the `n + 1`-th `sync_dir` from now fail with `EIO`. `None` clears the fault.
     pub fn fail_sync_dir_after(&self, n: Option<u64>) {
         self.lock_state().sync_dir_fail_after = n;
+    }
+
+    /// Makes every `sync_data` take this long, like a real disk (default: instant). Other
+    /// threads keep working meanwhile, so concurrent writers can share syncs, as they do
+    /// on a disk.
+    pub fn set_sync_latency(&self, latency: std::time::Duration) {
+        self.lock_state().sync_latency = latency;
     }
 
     /// Limits the total bytes of all files; writes beyond fail with `ENOSPC`. `None`: no
@@ -761,6 +770,10 @@ impl DirFile for SimFile {
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
+        let latency = lock(&self.state).sync_latency;
+        if !latency.is_zero() {
+            std::thread::sleep(latency);
+        }
         self.with(|state, id| {
             state.stats.sync_data_calls += 1;
             let counts = match &state.sync_data_fail_name {
