@@ -37,7 +37,16 @@ impl<K: Key, V: Data> DStream<(K, V)> {
     ) -> DStream<(K, V)> {
         let f = Arc::new(f);
         let g = Arc::clone(&f);
-        self.combine("reduce_by_key", |v| v, move |c, v| g(c, v), f, partitions)
+        // In place: the accumulated value is cloned into `f` (free for numbers; for large
+        // values, combine_by_key merges by value without clones).
+        self.combine(
+            "reduce_by_key",
+            |v| v,
+            move |c: &mut V, v| *c = g(c.clone(), v),
+            Some,
+            f,
+            partitions,
+        )
     }
 
     /// Spark's `combineByKey`: `create` makes a combiner from a key's first value in a unit,
@@ -64,10 +73,17 @@ impl<K: Key, V: Data> DStream<(K, V)> {
         merge_combiners: impl Fn(C, C) -> C + Send + Sync + 'static,
         partitions: usize,
     ) -> DStream<(K, C)> {
+        // By value: the combiner sits in an `Option` so it can be moved out, merged and put
+        // back in place (hashbrown's replace_entry_with would erase and re-insert the entry).
         self.combine(
             "combine_by_key",
-            create,
-            merge_value,
+            move |v| Some(create(v)),
+            move |slot: &mut Option<C>, v| {
+                if let Some(c) = slot.take() {
+                    *slot = Some(merge_value(c, v));
+                }
+            },
+            |slot| slot,
             Arc::new(merge_combiners),
             partitions,
         )
@@ -83,10 +99,8 @@ impl<K: Key, V: Data> DStream<(K, V)> {
         self.combine(
             "group_by_key",
             |v| vec![v],
-            |mut c: Vec<V>, v| {
-                c.push(v);
-                c
-            },
+            |c: &mut Vec<V>, v| c.push(v),
+            Some,
             Arc::new(|mut a: Vec<V>, b: Vec<V>| {
                 a.extend(b);
                 a
@@ -95,11 +109,16 @@ impl<K: Key, V: Data> DStream<(K, V)> {
         )
     }
 
-    fn combine<C: Data>(
+    /// The map-side combine: per unit, a hash map of slots `S` (created from a key's first
+    /// value, updated in place by the others), then each slot finished into a combiner and
+    /// the unit's combiners split into the partitions' buckets.
+    #[allow(clippy::too_many_arguments)]
+    fn combine<C: Data, S: Send + 'static>(
         &self,
         kind: &'static str,
-        create: impl Fn(V) -> C + Send + Sync + 'static,
-        merge_value: impl Fn(C, V) -> C + Send + Sync + 'static,
+        create: impl Fn(V) -> S + Send + Sync + 'static,
+        merge_value: impl Fn(&mut S, V) + Send + Sync + 'static,
+        finish: impl Fn(S) -> Option<C> + Send + Sync + 'static,
         merge_combiners: Arc<Merge<C>>,
         partitions: usize,
     ) -> DStream<(K, C)> {
@@ -113,24 +132,16 @@ impl<K: Key, V: Data> DStream<(K, V)> {
             slide_ms: self.slide_ms(),
         };
         let runner = UnitRunner::new(&self.pipe().branches, info.label(), move |stage, unit| {
-            // The map-side combine: one hash map per unit, split into the partitions'
-            // buckets. Combiners sit in an `Option` so a hit updates in place (take, merge,
-            // put back) without erasing and re-inserting the entry.
-            let mut map: HashMap<K, Option<C>> = HashMap::with_hasher(StableState);
+            let mut map: HashMap<K, S> = HashMap::with_hasher(StableState);
             stage.run(unit, &mut |(k, v): (K, V)| match map.get_mut(&k) {
-                Some(slot) => {
-                    *slot = Some(match slot.take() {
-                        Some(c) => merge_value(c, v),
-                        None => create(v),
-                    });
-                }
+                Some(slot) => merge_value(slot, v),
                 None => {
-                    map.insert(k, Some(create(v)));
+                    map.insert(k, create(v));
                 }
             })?;
             let mut buckets: Vec<Vec<(K, C)>> = (0..partitions).map(|_| Vec::new()).collect();
-            for (k, c) in map {
-                let Some(c) = c else { continue };
+            for (k, s) in map {
+                let Some(c) = finish(s) else { continue };
                 let p = if partitions == 1 {
                     0
                 } else {
