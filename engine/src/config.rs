@@ -39,8 +39,8 @@ pub struct Config {
     pub partitions: usize,
     /// Worker threads for block stages and per-partition work; default: cores.
     pub worker_threads: usize,
-    /// Per receiver: blocks stored but not yet through their block stages. When full, the
-    /// receiver waits (and stops reading its source).
+    /// Per receiver: blocks stored but not yet through their block stages (default: one per
+    /// worker, at least 2). When full, the receiver waits (and stops reading its source).
     pub receiver_queue_blocks_max: usize,
     /// Per input stream: blocks received and not yet cleaned up (their derived results are
     /// held until then). When full, the receiver waits for batches to complete.
@@ -92,7 +92,9 @@ impl Config {
             block_size_max_bytes: 4 << 20,
             partitions: cores,
             worker_threads: cores,
-            receiver_queue_blocks_max: 4,
+            // One block per worker in its stages is enough to keep the workers busy (the
+            // receiver fills the next meanwhile); each is a block buffer of memory.
+            receiver_queue_blocks_max: cores.max(2),
             blocks_retained_max: 256,
             receiver_max_rate_records_per_sec: None,
             backpressure_enabled: false,

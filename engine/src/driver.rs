@@ -135,6 +135,19 @@ impl Driver {
                     self.scheduler
                         .on_event(Event::StopRequested { graceful: false })
                 } else {
+                    // The block goes to the next batch generated: block stages that fold
+                    // can start folding it into that batch now.
+                    if let Some(batch) = self.scheduler.open_batch() {
+                        for task in self
+                            .graph
+                            .block_tasks
+                            .get(&block.id.stream)
+                            .into_iter()
+                            .flatten()
+                        {
+                            task.assign(block.id, batch);
+                        }
+                    }
                     self.scheduler.on_event(Event::BlockStored(block))
                 }
             }
@@ -281,7 +294,7 @@ impl Driver {
         for (stream, blocks) in by_stream {
             let ids: Vec<_> = blocks.iter().map(|b| b.id).collect();
             for task in self.graph.block_tasks.get(&stream).into_iter().flatten() {
-                task.forget(&ids);
+                task.forget(&ids, up_to);
             }
             if let Err(e) = self.streams.handler(stream).cleanup(&blocks).await {
                 self.fail(e);

@@ -55,9 +55,11 @@
 //!   [`ReceivedBlockHandler`] before acknowledging the source.
 //! - Narrow operators (`map`, `flat_map`, `filter`, `map_partitions`, `union`) are fused
 //!   into one pass per unit of input. Where a chain over an input ends in a shuffle (a key
-//!   operator) or an output, that pass, including the map-side combine into per-partition
-//!   hash maps, runs on the worker pool *as each block arrives*, and its result is cached
-//!   by block id: a batch's raw text never waits in memory for its batch time.
+//!   operator) or an output, that pass, including the map-side combine into hash maps,
+//!   runs on the worker pool *as each block arrives*. For key operators the block's map is
+//!   folded at once, in block-id order, into the per-partition maps of the batch the block
+//!   will be allocated to: neither a batch's raw text nor its blocks' maps wait in memory for
+//!   the batch time, so memory depends on the limits, not on the input rate.
 //! - At each batch time the [`scheduler`] allocates the blocks received since the last one
 //!   to the batch; the batch merges the cached per-block results in block-id order (or
 //!   recomputes any that are missing from the block's bytes, read back from the handler),

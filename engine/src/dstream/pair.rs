@@ -7,14 +7,13 @@ use rayon::prelude::*;
 use super::DStream;
 use super::batch_data::BatchData;
 use super::node::{AnyNode, BatchCx, Compute, Data, Key, NodeCell, NodeInfo};
-use super::pipe::{BlockTask, UnitRunner};
+use super::pipe::{BlockTask, Folding, Stage, Unit, UnitRunner};
 use crate::block::StreamId;
 use crate::error::{Error, Result};
 use crate::hash::{StableIndexMap, StableState, partition_of_key};
 use crate::time::BatchTime;
 
 type HashMap<K, V> = hashbrown::HashMap<K, V, StableState>;
-type Merge<C> = dyn Fn(C, C) -> C + Send + Sync;
 
 impl<K: Key, V: Data> DStream<(K, V)> {
     /// Combines the values of each key with `f` (associative and commutative), map-side
@@ -43,8 +42,8 @@ impl<K: Key, V: Data> DStream<(K, V)> {
             "reduce_by_key",
             |v| v,
             move |c: &mut V, v| *c = g(c.clone(), v),
+            move |c: &mut V, d: &V| *c = f(c.clone(), d.clone()),
             Some,
-            f,
             partitions,
         )
     }
@@ -83,8 +82,14 @@ impl<K: Key, V: Data> DStream<(K, V)> {
                     *slot = Some(merge_value(c, v));
                 }
             },
+            move |slot: &mut Option<C>, other: &Option<C>| {
+                *slot = match (slot.take(), other) {
+                    (Some(c), Some(d)) => Some(merge_combiners(c, d.clone())),
+                    (c, None) => c,
+                    (None, d) => d.clone(),
+                }
+            },
             |slot| slot,
-            Arc::new(merge_combiners),
             partitions,
         )
     }
@@ -100,26 +105,24 @@ impl<K: Key, V: Data> DStream<(K, V)> {
             "group_by_key",
             |v| vec![v],
             |c: &mut Vec<V>, v| c.push(v),
+            |c: &mut Vec<V>, d: &Vec<V>| c.extend(d.iter().cloned()),
             Some,
-            Arc::new(|mut a: Vec<V>, b: Vec<V>| {
-                a.extend(b);
-                a
-            }),
             partitions,
         )
     }
 
     /// The map-side combine: per unit, a hash map of slots `S` (created from a key's first
-    /// value, updated in place by the others), then each slot finished into a combiner and
-    /// the unit's combiners split into the partitions' buckets.
+    /// value, updated in place by the others) split into the partitions' maps; the units'
+    /// maps are folded, in unit order, into per-batch maps (as blocks arrive, for an input);
+    /// each slot is finished into a combiner for the output.
     #[allow(clippy::too_many_arguments)]
-    fn combine<C: Data, S: Send + 'static>(
+    fn combine<C: Data, S: Data>(
         &self,
         kind: &'static str,
         create: impl Fn(V) -> S + Send + Sync + 'static,
         merge_value: impl Fn(&mut S, V) + Send + Sync + 'static,
+        merge_slots: impl Fn(&mut S, &S) + Send + Sync + 'static,
         finish: impl Fn(S) -> Option<C> + Send + Sync + 'static,
-        merge_combiners: Arc<Merge<C>>,
         partitions: usize,
     ) -> DStream<(K, C)> {
         let partitions = self.checked_partitions(kind, partitions);
@@ -131,7 +134,36 @@ impl<K: Key, V: Data> DStream<(K, V)> {
             kind,
             slide_ms: self.slide_ms(),
         };
-        let runner = UnitRunner::new(&self.pipe().branches, info.label(), move |stage, unit| {
+        let empty = move || -> Partials<K, S> {
+            (0..partitions)
+                .map(|_| HashMap::with_hasher(StableState))
+                .collect()
+        };
+        let folding = Folding {
+            empty: Box::new(empty),
+            add: Box::new(move |acc: &mut Partials<K, S>, unit: &Partials<K, S>| {
+                // A block's map is one map (routing its keys here costs the same hash as
+                // splitting it would); a branch's fold is already partitioned.
+                let route = unit.len() != acc.len();
+                for (i, from) in unit.iter().enumerate() {
+                    for (k, s) in from {
+                        let p = match (route, partitions) {
+                            (false, _) => i,
+                            (true, 1) => 0,
+                            (true, n) => partition_of_key(k, n),
+                        };
+                        let into = &mut acc[p];
+                        match into.get_mut(k) {
+                            Some(slot) => merge_slots(slot, s),
+                            None => {
+                                into.insert(k.clone(), s.clone());
+                            }
+                        }
+                    }
+                }
+            }),
+        };
+        let per_unit = move |stage: &dyn Stage<(K, V)>, unit: Unit<'_>| {
             let mut map: HashMap<K, S> = HashMap::with_hasher(StableState);
             stage.run(unit, &mut |(k, v): (K, V)| match map.get_mut(&k) {
                 Some(slot) => merge_value(slot, v),
@@ -139,23 +171,15 @@ impl<K: Key, V: Data> DStream<(K, V)> {
                     map.insert(k, create(v));
                 }
             })?;
-            let mut buckets: Vec<Vec<(K, C)>> = (0..partitions).map(|_| Vec::new()).collect();
-            for (k, s) in map {
-                let Some(c) = finish(s) else { continue };
-                let p = if partitions == 1 {
-                    0
-                } else {
-                    partition_of_key(&k, partitions)
-                };
-                buckets[p].push((k, c));
-            }
-            Ok(buckets)
-        });
+            // Not split by partition here: the fold routes each key (see `add`).
+            Ok(vec![map])
+        };
+        let runner = UnitRunner::folding(&self.pipe().branches, info.label(), per_unit, folding);
         let node = NodeCell::new(
             info,
             Combine {
                 runner,
-                merge_combiners,
+                finish: Box::new(finish),
                 partitions,
             },
         );
@@ -302,52 +326,38 @@ impl<K: Key, V: Data> DStream<(K, V)> {
     }
 }
 
-/// The reduce side of a combine: merges each partition's buckets in unit order.
-struct Combine<K, V, C> {
-    runner: UnitRunner<(K, V), Vec<Vec<(K, C)>>>,
-    merge_combiners: Arc<Merge<C>>,
+/// Per partition, a map of combiner slots.
+type Partials<K, S> = Vec<HashMap<K, S>>;
+
+/// The reduce side of a combine: the per-batch maps (one per branch, folded if several),
+/// finished into each partition's records, in parallel over partitions.
+struct Combine<K, V, S, C> {
+    runner: UnitRunner<(K, V), Partials<K, S>>,
+    finish: Box<dyn Fn(S) -> Option<C> + Send + Sync>,
     partitions: usize,
 }
 
-impl<K: Key, V: Data, C: Data> Compute<(K, C)> for Combine<K, V, C> {
+impl<K: Key, V: Data, S: Data, C: Data> Compute<(K, C)> for Combine<K, V, S, C> {
     fn compute(&self, cx: &BatchCx, time: BatchTime) -> Result<BatchData<(K, C)>> {
-        let units = self.runner.results(cx, time)?;
-        let merge = |p: usize| -> Vec<(K, C)> {
-            match units.as_slice() {
-                [] => Vec::new(),
-                [only] => only[p].clone(),
-                _ => {
-                    let capacity = units.iter().map(|u| u[p].len()).max().unwrap_or(0);
-                    // `Option` so a combiner can be moved out, merged and put back.
-                    let mut merged: HashMap<K, Option<C>> =
-                        HashMap::with_capacity_and_hasher(capacity, StableState);
-                    for unit in &units {
-                        for (k, c) in &unit[p] {
-                            match merged.get_mut(k) {
-                                Some(slot) => {
-                                    *slot = match slot.take() {
-                                        Some(old) => Some((self.merge_combiners)(old, c.clone())),
-                                        None => Some(c.clone()),
-                                    }
-                                }
-                                None => {
-                                    merged.insert(k.clone(), Some(c.clone()));
-                                }
-                            }
-                        }
-                    }
-                    merged
-                        .into_iter()
-                        .filter_map(|(k, c)| c.map(|c| (k, c)))
-                        .collect()
-                }
+        let branches = self.runner.branch_results(cx, time)?;
+        let merged: Arc<Partials<K, S>> = match branches.as_slice() {
+            [one] => Arc::clone(one),
+            many => Arc::new(self.runner.fold(many)),
+        };
+        let output = |p: usize| -> Vec<(K, C)> {
+            match merged.get(p) {
+                Some(map) => map
+                    .iter()
+                    .filter_map(|(k, s)| (self.finish)(s.clone()).map(|c| (k.clone(), c)))
+                    .collect(),
+                None => Vec::new(),
             }
         };
-        let parts: Vec<Vec<(K, C)>> = if self.partitions == 1 || units.len() <= 1 {
-            (0..self.partitions).map(merge).collect()
+        let parts: Vec<Vec<(K, C)>> = if self.partitions == 1 {
+            (0..self.partitions).map(output).collect()
         } else {
             cx.pool
-                .install(|| (0..self.partitions).into_par_iter().map(merge).collect())
+                .install(|| (0..self.partitions).into_par_iter().map(output).collect())
         };
         Ok(BatchData::from_partitions(parts))
     }

@@ -179,18 +179,46 @@ impl<T> Clone for Branch<T> {
 pub(crate) trait BlockTask: Send + Sync + 'static {
     /// Runs on the worker pool once the block is stored; caches the result by block id.
     fn on_block(&self, id: BlockId, bytes: &Bytes);
-    /// Drops the cached results of these blocks (their batches are cleaned up).
-    fn forget(&self, ids: &[BlockId]);
+    /// The block will be allocated to the batch at `batch` (the driver knows: the next batch
+    /// generated takes every block reported before it). Called in block-id order.
+    fn assign(&self, _id: BlockId, _batch: BatchTime) {}
+    /// Drops the cached results of these blocks and of batches up to `up_to` (cleaned up).
+    fn forget(&self, ids: &[BlockId], up_to: BatchTime);
 }
 
 type UnitFn<T, R> = dyn Fn(&dyn Stage<T>, Unit<'_>) -> std::result::Result<R, String> + Send + Sync;
 type Slot<R> = Arc<OnceLock<std::result::Result<Arc<R>, String>>>;
 
-/// Per-block results of one consumer's function over one input branch, by block id.
+/// How a consumer folds per-unit results into one, in unit order (for key operators: the
+/// per-unit maps merged into per-batch maps). A batch's result is the fold of its units
+/// from `empty`, always in the same order, whether computed as blocks arrived or at batch
+/// time from blocks read back: so both give the same result, to the iteration order.
+pub(crate) struct Folding<R> {
+    pub empty: Box<dyn Fn() -> R + Send + Sync>,
+    pub add: Box<dyn Fn(&mut R, &R) + Send + Sync>,
+}
+
+/// The fold of one batch's blocks, as far as their results are in.
+struct BatchFold<R> {
+    /// The blocks assigned to the batch, in block-id order.
+    ids: Vec<BlockId>,
+    /// How many of them are folded into `acc` (a prefix: the fold goes in order).
+    folded: usize,
+    acc: R,
+    /// The finished fold (after the batch asked for it).
+    done: Option<Arc<R>>,
+}
+
+/// Per-block results of one consumer's function over one input branch, by block id, and
+/// (for folding consumers) per-batch folds of them.
 pub(crate) struct BlockCache<T, R> {
     stage: Arc<dyn Stage<T>>,
     f: Arc<UnitFn<T, R>>,
     slots: Mutex<HashMap<BlockId, Slot<R>>>,
+    folding: Option<Arc<Folding<R>>>,
+    /// Lock order: `folds`, then `assigned`, then `slots`.
+    folds: Mutex<std::collections::BTreeMap<BatchTime, BatchFold<R>>>,
+    assigned: Mutex<HashMap<BlockId, BatchTime>>,
 }
 
 impl<T: 'static, R: Send + Sync + 'static> BlockCache<T, R> {
@@ -223,17 +251,138 @@ impl<T: 'static, R: Send + Sync + 'static> BlockCache<T, R> {
             slot.get_or_init(|| self.compute(block.id, &bytes)).clone(),
         ))
     }
+
+    /// Folds, in order, every result of batch `batch` that is in; each folded result is
+    /// dropped (the fold replaces it). Stops at the first missing or failed one.
+    fn advance(&self, batch: BatchTime) {
+        let Some(folding) = &self.folding else { return };
+        let mut folds = lock(&self.folds);
+        let Some(fold) = folds.get_mut(&batch) else {
+            return;
+        };
+        while fold.done.is_none() && fold.folded < fold.ids.len() {
+            let id = fold.ids[fold.folded];
+            let ready = lock(&self.slots).get(&id).and_then(|s| s.get().cloned());
+            match ready {
+                Some(Ok(result)) => {
+                    (folding.add)(&mut fold.acc, &result);
+                    fold.folded += 1;
+                    lock(&self.slots).remove(&id);
+                }
+                // A failed block stays in its slot: the batch reports its error.
+                Some(Err(_)) | None => break,
+            }
+        }
+    }
+
+    /// The fold of the batch's blocks, if the blocks were assigned to it as they arrived
+    /// (otherwise `None`: the caller folds the per-block results itself). Computes what is
+    /// missing; a lost block is left out (and counted).
+    fn batch_fold(
+        &self,
+        cx: &BatchCx,
+        stream: StreamId,
+        batch: BatchTime,
+        blocks: &[StoredBlock],
+    ) -> Result<Option<std::result::Result<Arc<R>, String>>> {
+        let Some(folding) = &self.folding else {
+            return Ok(None);
+        };
+        {
+            let folds = lock(&self.folds);
+            let Some(fold) = folds.get(&batch) else {
+                return Ok(None);
+            };
+            if let Some(done) = &fold.done {
+                return Ok(Some(Ok(Arc::clone(done))));
+            }
+            if !fold.ids.iter().eq(blocks.iter().map(|b| &b.id)) {
+                return Err(Error::Job {
+                    batch_time: batch,
+                    operator: "block fold".to_owned(),
+                    message: format!(
+                        "internal: blocks assigned on arrival ({}) differ from the allocation ({})",
+                        fold.ids.len(),
+                        blocks.len()
+                    ),
+                });
+            }
+        }
+        loop {
+            self.advance(batch);
+            // The next block not folded yet: compute it (or wait for its arrival task)
+            // without holding the fold, whose arrival tasks take it to advance.
+            let next = {
+                let folds = lock(&self.folds);
+                let Some(fold) = folds.get(&batch) else {
+                    return Ok(None);
+                };
+                if fold.folded == fold.ids.len() {
+                    break;
+                }
+                fold.folded
+            };
+            match self.get(cx, stream, &blocks[next])? {
+                Some(Ok(_)) => {}
+                Some(Err(message)) => {
+                    return Ok(Some(Err(format!("block {}: {message}", blocks[next].id))));
+                }
+                None => {
+                    // Lost (counted by the read): the fold goes on without it.
+                    let mut folds = lock(&self.folds);
+                    if let Some(fold) = folds.get_mut(&batch).filter(|f| f.folded == next) {
+                        fold.folded += 1;
+                    }
+                }
+            }
+        }
+        let mut folds = lock(&self.folds);
+        let Some(fold) = folds.get_mut(&batch) else {
+            return Ok(None);
+        };
+        let acc = std::mem::replace(&mut fold.acc, (folding.empty)());
+        let done = Arc::new(acc);
+        fold.done = Some(Arc::clone(&done));
+        Ok(Some(Ok(done)))
+    }
 }
 
 impl<T: 'static, R: Send + Sync + 'static> BlockTask for BlockCache<T, R> {
     fn on_block(&self, id: BlockId, bytes: &Bytes) {
         let slot = self.slot(id);
         slot.get_or_init(|| self.compute(id, bytes));
+        let batch = lock(&self.assigned).get(&id).copied();
+        if let Some(batch) = batch {
+            self.advance(batch);
+        }
     }
 
-    fn forget(&self, ids: &[BlockId]) {
+    fn assign(&self, id: BlockId, batch: BatchTime) {
+        let Some(folding) = &self.folding else { return };
+        {
+            let mut folds = lock(&self.folds);
+            let fold = folds.entry(batch).or_insert_with(|| BatchFold {
+                ids: Vec::new(),
+                folded: 0,
+                acc: (folding.empty)(),
+                done: None,
+            });
+            fold.ids.push(id);
+            lock(&self.assigned).insert(id, batch);
+        }
+        self.advance(batch);
+    }
+
+    fn forget(&self, ids: &[BlockId], up_to: BatchTime) {
+        {
+            let mut folds = lock(&self.folds);
+            let kept = folds.split_off(&up_to.plus_millis(1));
+            *folds = kept;
+        }
+        let mut assigned = lock(&self.assigned);
         let mut slots = lock(&self.slots);
         for id in ids {
+            assigned.remove(id);
             slots.remove(id);
         }
     }
@@ -243,12 +392,34 @@ impl<T: 'static, R: Send + Sync + 'static> BlockTask for BlockCache<T, R> {
 pub(crate) struct UnitRunner<T, R> {
     branches: Vec<(Branch<T>, Option<Arc<BlockCache<T, R>>>)>,
     f: Arc<UnitFn<T, R>>,
+    folding: Option<Arc<Folding<R>>>,
     /// Who runs this, for error messages.
     label: String,
 }
 
 impl<T: Data, R: Send + Sync + 'static> UnitRunner<T, R> {
     pub fn new<F>(branches: &[Branch<T>], label: String, f: F) -> Self
+    where
+        F: Fn(&dyn Stage<T>, Unit<'_>) -> std::result::Result<R, String> + Send + Sync + 'static,
+    {
+        Self::build(branches, label, f, None)
+    }
+
+    /// A runner whose per-unit results are folded (see [`Folding`]): per input branch, as
+    /// blocks arrive; see [`UnitRunner::branch_results`].
+    pub fn folding<F>(branches: &[Branch<T>], label: String, f: F, folding: Folding<R>) -> Self
+    where
+        F: Fn(&dyn Stage<T>, Unit<'_>) -> std::result::Result<R, String> + Send + Sync + 'static,
+    {
+        Self::build(branches, label, f, Some(Arc::new(folding)))
+    }
+
+    fn build<F>(
+        branches: &[Branch<T>],
+        label: String,
+        f: F,
+        folding: Option<Arc<Folding<R>>>,
+    ) -> Self
     where
         F: Fn(&dyn Stage<T>, Unit<'_>) -> std::result::Result<R, String> + Send + Sync + 'static,
     {
@@ -261,12 +432,20 @@ impl<T: Data, R: Send + Sync + 'static> UnitRunner<T, R> {
                         stage: Arc::clone(&b.stage),
                         f: Arc::clone(&f),
                         slots: Mutex::default(),
+                        folding: folding.clone(),
+                        folds: Mutex::default(),
+                        assigned: Mutex::default(),
                     })
                 });
                 (b.clone(), cache)
             })
             .collect();
-        UnitRunner { branches, f, label }
+        UnitRunner {
+            branches,
+            f,
+            folding,
+            label,
+        }
     }
 
     pub fn parents(&self) -> Vec<(Arc<dyn AnyNode>, u64)> {
@@ -289,15 +468,66 @@ impl<T: Data, R: Send + Sync + 'static> UnitRunner<T, R> {
             .collect()
     }
 
+    /// For a folding runner: one result per branch, each the fold of the branch's units in
+    /// order (for an input branch, the fold made as its blocks arrived, when there is one).
+    pub fn branch_results(&self, cx: &BatchCx, time: BatchTime) -> Result<Vec<Arc<R>>> {
+        let Some(folding) = &self.folding else {
+            return self.results(cx, time);
+        };
+        let mut out = Vec::with_capacity(self.branches.len());
+        for (index, (branch, cache)) in self.branches.iter().enumerate() {
+            if let (Source::Input(stream), Some(cache)) = (&branch.source, cache) {
+                let blocks = cx.blocks(*stream, time);
+                if let Some(fold) = cache.batch_fold(cx, *stream, time, blocks)? {
+                    out.push(fold.map_err(|message| Error::Job {
+                        batch_time: time,
+                        operator: self.label.clone(),
+                        message,
+                    })?);
+                    continue;
+                }
+            }
+            let units = self.units_of(cx, time, &self.branches[index..=index])?;
+            let mut acc = (folding.empty)();
+            for unit in &units {
+                (folding.add)(&mut acc, unit);
+            }
+            out.push(Arc::new(acc));
+        }
+        Ok(out)
+    }
+
+    /// The fold of `results` from empty, in order (a folding runner only).
+    pub fn fold(&self, results: &[Arc<R>]) -> R {
+        let Some(folding) = &self.folding else {
+            unreachable!("fold called on a runner without folding");
+        };
+        let mut acc = (folding.empty)();
+        for r in results {
+            (folding.add)(&mut acc, r);
+        }
+        acc
+    }
+
     /// The function's result for every unit at `time`, in unit order; lost blocks are
     /// skipped (and counted in the batch).
     pub fn results(&self, cx: &BatchCx, time: BatchTime) -> Result<Vec<Arc<R>>> {
+        self.units_of(cx, time, &self.branches)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn units_of(
+        &self,
+        cx: &BatchCx,
+        time: BatchTime,
+        branches: &[(Branch<T>, Option<Arc<BlockCache<T, R>>>)],
+    ) -> Result<Vec<Arc<R>>> {
         enum Job<'a, T, R> {
             Block(StreamId, &'a StoredBlock, &'a BlockCache<T, R>),
             Part(&'a dyn Stage<T>, usize, Arc<dyn Any + Send + Sync>),
         }
         let mut jobs: Vec<Job<'_, T, R>> = Vec::new();
-        for (branch, cache) in &self.branches {
+        for (branch, cache) in branches {
             match (&branch.source, cache) {
                 (Source::Input(stream), Some(cache)) => {
                     for block in cx.blocks(*stream, time) {

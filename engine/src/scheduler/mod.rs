@@ -241,6 +241,11 @@ impl Scheduler {
         (self.generating && self.phase != Phase::Stopped).then_some(self.next_time)
     }
 
+    /// The batch that a block reported now will be allocated to: the next one generated.
+    pub fn open_batch(&self) -> Option<BatchTime> {
+        self.next_deadline()
+    }
+
     /// Whether [`Action::Stopped`] has been returned.
     pub fn is_stopped(&self) -> bool {
         self.phase == Phase::Stopped

@@ -15,7 +15,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use std::sync::Mutex;
+
+use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
@@ -117,7 +119,12 @@ async fn receive(
     let chunk = config.socket_read_chunk_bytes;
     let block_max = config.block_size_max_bytes;
     let interval = Duration::from_millis(config.block_interval_ms);
-    let mut buf = BytesMut::with_capacity(block_max + chunk);
+    let pool = Arc::new(BufferPool {
+        free: Mutex::default(),
+        capacity: block_max + chunk,
+        keep: config.receiver_queue_blocks_max + 2,
+    });
+    let mut buf = pool.take();
     let mut block_started: Option<Instant> = None;
     let mut next_line = 1u64;
     let network = |source| Error::Network {
@@ -128,6 +135,7 @@ async fn receive(
     };
     loop {
         if buf.capacity() - buf.len() < chunk {
+            // Only a line longer than a block gets here.
             buf.reserve(chunk);
         }
         let deadline = block_started.map(|s| s + interval);
@@ -140,16 +148,19 @@ async fn receive(
         match read {
             None => {
                 // Stopping: store the complete lines received; a partial line is dropped.
-                let partial = buf.len() - complete_len(&buf);
-                if partial > 0 {
-                    tracing::warn!(stream = %shared.name, bytes = partial, "dropping a partial last line at stop");
+                let complete = complete_len(&buf);
+                if buf.len() > complete {
+                    tracing::warn!(stream = %shared.name, bytes = buf.len() - complete, "dropping a partial last line at stop");
                 }
-                store_lines(shared, address, &mut buf, &mut next_line, false).await?;
+                let (block, _) = cut(&pool, &mut buf, complete);
+                store_lines(shared, address, block, &mut next_line).await?;
                 return Ok(ConnectionEnd::Stopped);
             }
             Some(0) => {
                 // End of stream: the last line counts even without its newline.
-                store_lines(shared, address, &mut buf, &mut next_line, true).await?;
+                let len = buf.len();
+                let (block, _) = cut(&pool, &mut buf, len);
+                store_lines(shared, address, block, &mut next_line).await?;
                 return Ok(ConnectionEnd::EndOfStream);
             }
             Some(n) => {
@@ -158,17 +169,78 @@ async fn receive(
                 }
                 let due = buf.len() >= block_max
                     || block_started.is_some_and(|s| s.elapsed() >= interval);
-                if due && complete_len(&buf) > 0 {
-                    store_lines(shared, address, &mut buf, &mut next_line, false).await?;
-                    // A block is its own allocation: start the next one in a fresh buffer,
-                    // carrying over the partial line.
-                    let mut next = BytesMut::with_capacity(block_max + chunk);
-                    next.extend_from_slice(&buf);
-                    buf = next;
-                    block_started = (!buf.is_empty()).then(Instant::now);
+                let complete = complete_len(&buf);
+                if due && complete > 0 {
+                    let (block, rest) = cut(&pool, &mut buf, complete);
+                    block_started = (rest > 0).then(Instant::now);
+                    store_lines(shared, address, block, &mut next_line).await?;
                 }
             }
         }
+    }
+}
+
+/// Cuts the first `len` bytes of `buf` off as a block, leaving the rest (a partial line) in a
+/// fresh buffer from the pool. The block's buffer goes back to the pool when the block's
+/// last reference is dropped. Returns the block and the length of what was left.
+fn cut(pool: &Arc<BufferPool>, buf: &mut Vec<u8>, len: usize) -> (Bytes, usize) {
+    let mut next = pool.take();
+    next.extend_from_slice(&buf[len..]);
+    let rest = next.len();
+    let full = std::mem::replace(buf, next);
+    let block = Bytes::from_owner(Pooled {
+        buf: full,
+        pool: Arc::clone(pool),
+    })
+    .slice(..len);
+    (block, rest)
+}
+
+/// Block buffers, recycled: a received block is a buffer of `block_size_max_bytes` (plus a
+/// read), and allocating and freeing one per block lets glibc's allocator raise its mmap
+/// threshold past that size and then keep the freed buffers in its heap, so the process's
+/// memory grew with the input (measured: 108 MB at 2 M lines, 161 MB at 10 M). Buffers that
+/// live for the whole connection do not. At most `keep` idle buffers are kept.
+struct BufferPool {
+    free: Mutex<Vec<Vec<u8>>>,
+    capacity: usize,
+    keep: usize,
+}
+
+impl BufferPool {
+    fn take(&self) -> Vec<u8> {
+        let free = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        free.unwrap_or_else(|| Vec::with_capacity(self.capacity))
+    }
+
+    fn put(&self, mut buf: Vec<u8>) {
+        // A buffer that grew for an over-long line is not kept.
+        if buf.capacity() > 2 * self.capacity {
+            return;
+        }
+        buf.clear();
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if free.len() < self.keep {
+            free.push(buf);
+        }
+    }
+}
+
+/// A pooled buffer owned by a block's `Bytes`.
+struct Pooled {
+    buf: Vec<u8>,
+    pool: Arc<BufferPool>,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        self.pool.put(std::mem::take(&mut self.buf));
     }
 }
 
@@ -183,34 +255,28 @@ fn complete_len(buf: &[u8]) -> usize {
     memchr::memrchr(b'\n', buf).map_or(0, |i| i + 1)
 }
 
-/// Cuts the complete lines (or everything, at the end of the stream) off `buf`, checks them
-/// and stores them as blocks: one block, or, under a rate limit, blocks of at most a block
-/// interval's worth of records (so the limiter paces the source block by block, as Spark's
-/// block generator does record by record).
+/// Checks a block of lines and stores it: as one block, or, under a rate limit, as blocks of
+/// at most a block interval's worth of records (so the limiter paces the source block by
+/// block, as Spark's block generator does record by record).
 async fn store_lines(
     shared: &ReceiverShared,
     address: &str,
-    buf: &mut BytesMut,
+    mut lines: Bytes,
     next_line: &mut u64,
-    all: bool,
 ) -> Result<()> {
     let per_block = shared
         .limiter
         .rate()
         .map(|rate| (rate.saturating_mul(shared.config.block_interval_ms) / 1_000).max(1) as usize);
-    loop {
-        let complete = complete_len(buf);
-        let mut len = if all { buf.len() } else { complete };
-        if len == 0 {
-            return Ok(());
-        }
+    while !lines.is_empty() {
+        let mut len = lines.len();
         if let Some(max) = per_block {
             // The end of the max-th line, if there are more lines than that.
-            if let Some(end) = memchr::memchr_iter(b'\n', &buf[..len]).nth(max - 1) {
+            if let Some(end) = memchr::memchr_iter(b'\n', &lines).nth(max - 1) {
                 len = len.min(end + 1);
             }
         }
-        let raw = buf.split_to(len).freeze();
+        let raw = lines.split_to(len);
         let lines_in_raw = crate::block::LinesCodec::count_records(&raw);
         let checked = check_lines(
             raw,
@@ -225,4 +291,5 @@ async fn store_lines(
             shared.store_block(checked.bytes, checked.records).await?;
         }
     }
+    Ok(())
 }

@@ -72,6 +72,9 @@ pub struct WordcountArgs {
     /// Maximum block size in bytes [default: 4 MiB].
     #[arg(long)]
     block_size_max_bytes: Option<usize>,
+    /// Blocks stored but not yet through their block stages [default: workers, at least 2].
+    #[arg(long)]
+    receiver_queue_blocks_max: Option<usize>,
     /// Give up after this long.
     #[arg(long, default_value_t = 900)]
     timeout_s: u64,
@@ -166,6 +169,10 @@ fn run_once(
         (
             "--block-size-max-bytes",
             args.block_size_max_bytes.map(|v| v.to_string()),
+        ),
+        (
+            "--receiver-queue-blocks-max",
+            args.receiver_queue_blocks_max.map(|v| v.to_string()),
         ),
     ] {
         if let Some(v) = v {

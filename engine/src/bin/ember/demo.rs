@@ -71,6 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         workers: None,
         block_interval_ms: None,
         block_size_max_bytes: None,
+        receiver_queue_blocks_max: None,
     };
     let ctx = StreamingContext::new(settings.config())?;
     // The generator serves one connection: when it ends, the source is exhausted.

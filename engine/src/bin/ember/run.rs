@@ -61,6 +61,9 @@ pub struct WordcountArgs {
     /// Maximum block size in bytes [default: 4 MiB].
     #[arg(long)]
     block_size_max_bytes: Option<usize>,
+    /// Blocks stored but not yet through their block stages [default: workers, at least 2].
+    #[arg(long)]
+    receiver_queue_blocks_max: Option<usize>,
     /// Give up (exit 3) if the lines have not all been processed after this long.
     #[arg(long, default_value_t = 900)]
     timeout_s: u64,
@@ -87,6 +90,7 @@ fn wordcount_main(args: WordcountArgs) -> anyhow::Result<ExitCode> {
         workers: args.workers,
         block_interval_ms: args.block_interval_ms,
         block_size_max_bytes: args.block_size_max_bytes,
+        receiver_queue_blocks_max: args.receiver_queue_blocks_max,
     };
     let config = settings.config();
     let (partitions, workers) = (config.partitions, config.worker_threads);

@@ -25,6 +25,7 @@ pub struct Settings {
     pub workers: Option<usize>,
     pub block_interval_ms: Option<u64>,
     pub block_size_max_bytes: Option<usize>,
+    pub receiver_queue_blocks_max: Option<usize>,
 }
 
 impl Settings {
@@ -43,6 +44,9 @@ impl Settings {
         }
         if let Some(b) = self.block_size_max_bytes {
             config.block_size_max_bytes = b;
+        }
+        if let Some(q) = self.receiver_queue_blocks_max {
+            config.receiver_queue_blocks_max = q;
         }
         config
     }
