@@ -160,7 +160,7 @@ impl<T: Data> DStream<T> {
             };
             let runner = UnitRunner::new(&self.pipe.branches, info.label(), |stage, unit| {
                 let mut records = Vec::new();
-                stage.run(unit, &mut |r| records.push(r))?;
+                stage.run_chunks(unit, &mut |chunk| records.append(chunk))?;
                 Ok(records)
             });
             NodeCell::new(info, Collect { runner })

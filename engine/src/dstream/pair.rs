@@ -165,10 +165,14 @@ impl<K: Key, V: Data> DStream<(K, V)> {
         };
         let per_unit = move |stage: &dyn Stage<(K, V)>, unit: Unit<'_>| {
             let mut map: HashMap<K, S> = HashMap::with_hasher(StableState);
-            stage.run(unit, &mut |(k, v): (K, V)| match map.get_mut(&k) {
-                Some(slot) => merge_value(slot, v),
-                None => {
-                    map.insert(k, create(v));
+            stage.run_chunks(unit, &mut |chunk: &mut Vec<(K, V)>| {
+                for (k, v) in chunk.drain(..) {
+                    match map.get_mut(&k) {
+                        Some(slot) => merge_value(slot, v),
+                        None => {
+                            map.insert(k, create(v));
+                        }
+                    }
                 }
             })?;
             // Not split by partition here: the fold routes each key (see `add`).

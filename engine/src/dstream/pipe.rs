@@ -2,9 +2,15 @@
 //!
 //! A chain of narrow operators (`map`, `flat_map`, `filter`, `map_partitions`, `union`) is
 //! not materialised: it is a [`Pipe`], a list of branches, each a source plus a composed
-//! [`Stage`] that pushes records through every operator of the chain in one pass. What
-//! consumes a pipe (an output, a key operator's map-side combine, a window) runs the stage
-//! once per *unit*: a block of an input stream, or a partition of a materialised node.
+//! [`Stage`] that pushes records through every operator of the chain in one pass, in
+//! chunks of a few hundred records: each operator runs a statically dispatched loop over a
+//! chunk, and the consumer (a key operator's map-side combine) probes its hash map for a
+//! chunk of keys in one tight loop, which lets the processor overlap the probes' cache
+//! misses. (Record by record through a dynamic call per operator cost 2.5 times the CPU
+//! time on the word count.)
+//!
+//! What consumes a pipe (an output, a key operator's map-side combine, a window) runs the
+//! stage once per *unit*: a block of an input stream, or a partition of a materialised node.
 //!
 //! For units that are input blocks, the consumer registers a [`BlockTask`] on the stream:
 //! the task runs on the worker pool as soon as the block is stored, and its result is cached
@@ -45,9 +51,55 @@ impl Unit<'_> {
     }
 }
 
+/// Records go through a fused chain in chunks of this many: each operator runs a tight loop
+/// over a chunk (statically dispatched), and the chain pays one dynamic call per chunk and
+/// operator instead of one per record. Small enough that a chunk stays in L1.
+const CHUNK: usize = 256;
+
 /// A fused chain of narrow operators: pushes every record of a unit through the chain.
 pub(crate) trait Stage<T>: Send + Sync + 'static {
-    fn run(&self, unit: Unit<'_>, out: &mut dyn FnMut(T)) -> std::result::Result<(), String>;
+    /// Calls `out` with the unit's records, in order, in non-empty chunks; `out` takes the
+    /// records it wants out of the chunk (what it leaves is dropped).
+    fn run_chunks(
+        &self,
+        unit: Unit<'_>,
+        out: &mut dyn FnMut(&mut Vec<T>),
+    ) -> std::result::Result<(), String>;
+
+    /// Calls `out` with each of the unit's records, in order.
+    fn run(&self, unit: Unit<'_>, out: &mut dyn FnMut(T)) -> std::result::Result<(), String> {
+        self.run_chunks(unit, &mut |chunk| chunk.drain(..).for_each(&mut *out))
+    }
+}
+
+/// Collects records into chunks and hands each full one on.
+struct Chunker<'a, T> {
+    buf: Vec<T>,
+    out: &'a mut dyn FnMut(&mut Vec<T>),
+}
+
+impl<'a, T> Chunker<'a, T> {
+    fn new(out: &'a mut dyn FnMut(&mut Vec<T>)) -> Self {
+        Chunker {
+            buf: Vec::with_capacity(CHUNK),
+            out,
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, record: T) {
+        self.buf.push(record);
+        if self.buf.len() >= CHUNK {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.buf.is_empty() {
+            (self.out)(&mut self.buf);
+            self.buf.clear();
+        }
+    }
 }
 
 /// The first stage of an input branch: decodes the block.
@@ -56,9 +108,18 @@ pub(crate) struct DecodeStage<T> {
 }
 
 impl<T: Data> Stage<T> for DecodeStage<T> {
-    fn run(&self, unit: Unit<'_>, out: &mut dyn FnMut(T)) -> std::result::Result<(), String> {
+    fn run_chunks(
+        &self,
+        unit: Unit<'_>,
+        out: &mut dyn FnMut(&mut Vec<T>),
+    ) -> std::result::Result<(), String> {
         match unit {
-            Unit::Block(_, bytes) => self.codec.decode(bytes, out).map(drop),
+            Unit::Block(_, bytes) => {
+                let mut chunks = Chunker::new(out);
+                self.codec.decode(bytes, &mut |r| chunks.push(r))?;
+                chunks.flush();
+                Ok(())
+            }
             Unit::Part(..) => Err("internal: a decode stage was given a partition".to_owned()),
         }
     }
@@ -68,13 +129,22 @@ impl<T: Data> Stage<T> for DecodeStage<T> {
 pub(crate) struct PartStage<T>(pub PhantomData<fn() -> T>);
 
 impl<T: Data> Stage<T> for PartStage<T> {
-    fn run(&self, unit: Unit<'_>, out: &mut dyn FnMut(T)) -> std::result::Result<(), String> {
+    fn run_chunks(
+        &self,
+        unit: Unit<'_>,
+        out: &mut dyn FnMut(&mut Vec<T>),
+    ) -> std::result::Result<(), String> {
         match unit {
             Unit::Part(_, part) => {
                 let records = part
                     .downcast_ref::<Vec<T>>()
                     .ok_or_else(|| "internal: partition of another type".to_owned())?;
-                records.iter().cloned().for_each(out);
+                let mut buf = Vec::with_capacity(CHUNK.min(records.len()));
+                for chunk in records.chunks(CHUNK) {
+                    buf.extend(chunk.iter().cloned());
+                    out(&mut buf);
+                    buf.clear();
+                }
                 Ok(())
             }
             Unit::Block(..) => Err("internal: a partition stage was given a block".to_owned()),
@@ -91,9 +161,17 @@ impl<A: Data, B, F> Stage<B> for MapStage<A, F>
 where
     F: Fn(A) -> B + Send + Sync + 'static,
 {
-    #[inline]
-    fn run(&self, unit: Unit<'_>, out: &mut dyn FnMut(B)) -> std::result::Result<(), String> {
-        self.prev.run(unit, &mut |a| out((self.f)(a)))
+    fn run_chunks(
+        &self,
+        unit: Unit<'_>,
+        out: &mut dyn FnMut(&mut Vec<B>),
+    ) -> std::result::Result<(), String> {
+        let mut buf: Vec<B> = Vec::with_capacity(CHUNK);
+        self.prev.run_chunks(unit, &mut |chunk| {
+            buf.extend(chunk.drain(..).map(&*self.f));
+            out(&mut buf);
+            buf.clear();
+        })
     }
 }
 
@@ -107,10 +185,21 @@ where
     F: Fn(A) -> I + Send + Sync + 'static,
     I: IntoIterator<Item = B>,
 {
-    #[inline]
-    fn run(&self, unit: Unit<'_>, out: &mut dyn FnMut(B)) -> std::result::Result<(), String> {
-        self.prev
-            .run(unit, &mut |a| (self.f)(a).into_iter().for_each(&mut *out))
+    fn run_chunks(
+        &self,
+        unit: Unit<'_>,
+        out: &mut dyn FnMut(&mut Vec<B>),
+    ) -> std::result::Result<(), String> {
+        let mut chunks = Chunker::new(out);
+        self.prev.run_chunks(unit, &mut |chunk| {
+            for a in chunk.drain(..) {
+                for b in (self.f)(a) {
+                    chunks.push(b);
+                }
+            }
+        })?;
+        chunks.flush();
+        Ok(())
     }
 }
 
@@ -123,11 +212,15 @@ impl<A: Data, F> Stage<A> for FilterStage<A, F>
 where
     F: Fn(&A) -> bool + Send + Sync + 'static,
 {
-    #[inline]
-    fn run(&self, unit: Unit<'_>, out: &mut dyn FnMut(A)) -> std::result::Result<(), String> {
-        self.prev.run(unit, &mut |a| {
-            if (self.f)(&a) {
-                out(a)
+    fn run_chunks(
+        &self,
+        unit: Unit<'_>,
+        out: &mut dyn FnMut(&mut Vec<A>),
+    ) -> std::result::Result<(), String> {
+        self.prev.run_chunks(unit, &mut |chunk| {
+            chunk.retain(|a| (self.f)(a));
+            if !chunk.is_empty() {
+                out(chunk);
             }
         })
     }
@@ -143,10 +236,19 @@ where
     F: Fn(Vec<A>) -> I + Send + Sync + 'static,
     I: IntoIterator<Item = B>,
 {
-    fn run(&self, unit: Unit<'_>, out: &mut dyn FnMut(B)) -> std::result::Result<(), String> {
+    fn run_chunks(
+        &self,
+        unit: Unit<'_>,
+        out: &mut dyn FnMut(&mut Vec<B>),
+    ) -> std::result::Result<(), String> {
         let mut records = Vec::new();
-        self.prev.run(unit, &mut |a| records.push(a))?;
-        (self.f)(records).into_iter().for_each(out);
+        self.prev
+            .run_chunks(unit, &mut |chunk| records.append(chunk))?;
+        let mut chunks = Chunker::new(out);
+        for b in (self.f)(records) {
+            chunks.push(b);
+        }
+        chunks.flush();
         Ok(())
     }
 }
