@@ -118,8 +118,8 @@
 //!   with [`store::DirSegmentStore`] over any [`fs::Dir`]. Opened through
 //!   [`Wal::open_dir`], it preallocates segments (zero-filled ahead of use by a
 //!   background thread, or recycled from segments that retention retired), so that each
-//!   `fdatasync` writes data only instead of committing a new file length through the
-//!   file system's journal; unused space is trimmed when a segment is sealed, so the
+//!   `fdatasync` writes data only instead of also writing a new file length and block
+//!   allocation; unused space is trimmed when a segment is sealed, so the
 //!   format is the same either way. The [`store`] module docs explain how an object-store
 //!   backend (one object per group commit, create-only conditional puts) maps onto the
 //!   same trait.

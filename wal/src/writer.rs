@@ -24,11 +24,12 @@
 //!    an append at most a quarter of a sync in latency; with one appender it never waits.
 //!    While a sync is in progress, new requests simply queue; they form the next group.
 //! 5. **Writing.** The group's frames are appended with one (vectored) write: headers and
-//!    small payloads are copied into one buffer, payloads of [`VECTORED_PAYLOAD_MIN_BYTES`]
-//!    or more are written from the appender's own bytes (their CRC was computed by the
-//!    appending thread, in parallel, and is combined with the header's here). A record that does not fit in the active segment ends the group's current
-//!    part: that part is written and synced, the segment is sealed, and a new segment is
-//!    created (rule 8) before the rest is framed.
+//!    small payloads are copied into one buffer, payloads of 4 KiB or more are written
+//!    from the appender's own bytes (their CRC was computed by the appending thread, in
+//!    parallel, and is combined with the header's here). A record that does not fit in
+//!    the active segment ends the group's current part: that part is written and synced,
+//!    the segment is sealed, and a new segment is created (rule 8) before the rest is
+//!    framed.
 //! 6. **Syncing.** After the write, one sync (`fdatasync`) covers the whole group, for
 //!    `GroupCommit` and `EveryRecord` (whose groups hold one record). `UnsafeNoSync` skips
 //!    it unless a `sync()` request is in the group.

@@ -31,7 +31,7 @@
 //!   sealed segments are read through memmap2. With preallocation
 //!   ([`DirSegmentStore::with_preallocation`]), segments are zero-filled and synced ahead
 //!   of use by a background thread, so appends overwrite allocated blocks and each
-//!   `fdatasync` writes data only (no file-system journal commit for a new length);
+//!   `fdatasync` writes data only (no metadata write for a new length);
 //!   `finish` trims the unused zeros when the segment is sealed.
 //!
 //! - An object store (S3 and compatible, through the `object_store` crate), **not built
@@ -69,7 +69,10 @@ use bytes::Bytes;
 
 use crate::lsn::SegmentId;
 
-pub use dir::{DirSegmentStore, DirStoreStats, LOCK_FILE_NAME, PREPARED_FILE_PREFIX};
+pub use dir::{
+    DirSegmentStore, DirStoreStats, LOCK_FILE_NAME, PREPARED_FILE_PREFIX, PREPARED_FILES_MAX,
+    ZERO_FILL_BYTES_PER_SYNC_MAX,
+};
 
 /// Storage for the segments of one log. See the module docs for the contract.
 pub trait SegmentStore: Send + Sync + fmt::Debug {
