@@ -70,6 +70,10 @@ pub struct Block {
     pub records: u64,
     /// The records in the stream's block encoding.
     pub bytes: Bytes,
+    /// The source positions the block holds, `[first, end)` (for the acknowledged socket
+    /// source: line numbers), if the source has positions. A restart resumes the source
+    /// after the highest `end` recovered ([`crate::Restore::resume_offsets`]).
+    pub source_offsets: Option<std::ops::Range<u64>>,
 }
 
 /// What the engine knows about a stored block: enough to allocate it to a batch, to count its
@@ -85,6 +89,9 @@ pub struct StoredBlock {
     /// Where the handler that stored the block can find it again (a WAL position, replica
     /// peers, ...). Opaque to the engine; empty for the in-memory handler.
     pub locator: Vec<u8>,
+    /// The source positions the block holds (see [`Block::source_offsets`]).
+    #[serde(default)]
+    pub source_offsets: Option<std::ops::Range<u64>>,
 }
 
 /// Encodes records into block bytes and decodes them back (see the module docs for the

@@ -80,6 +80,11 @@ pub struct Config {
     pub file_stream_remember_ms: u64,
     /// Completed batches whose metrics the context keeps for [`crate::StreamingContext::batches`].
     pub metrics_batches_retained_max: usize,
+    /// Most batches generated but not yet run. The catch-up cap: after a restart (or when
+    /// processing falls behind) missed grid points are generated only as fast as batches
+    /// complete, so a long outage does not queue thousands of batches at once; blocks
+    /// received meanwhile go to the next batch generated. Default 8.
+    pub batches_queued_max: usize,
 }
 
 impl Config {
@@ -96,6 +101,7 @@ impl Config {
             // receiver fills the next meanwhile); each is a block buffer of memory.
             receiver_queue_blocks_max: cores.max(2),
             blocks_retained_max: 256,
+            batches_queued_max: 8,
             receiver_max_rate_records_per_sec: None,
             backpressure_enabled: false,
             backpressure_initial_rate_records_per_sec: None,
@@ -138,6 +144,7 @@ impl Config {
             self.receiver_queue_blocks_max as u64,
         )?;
         positive("blocks_retained_max", self.blocks_retained_max as u64)?;
+        positive("batches_queued_max", self.batches_queued_max as u64)?;
         positive(
             "reconnect_backoff_initial_ms",
             self.reconnect_backoff_initial_ms,

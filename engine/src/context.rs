@@ -35,8 +35,10 @@ use crate::time::BatchTime;
 
 /// Where a metadata log records the scheduler's decisions (the durability work's seam; the
 /// default records nothing). Each call returns only once the record is durable; an error
-/// stops the context. The calls come in the order of the events, from the driver:
-/// - `block_stored` before the block can be allocated;
+/// stops the context. The calls come in the order of the events:
+/// - `block_stored` from the receiver, after the handler stored the block and before the
+///   store resolves (so before the source is acknowledged and before the block can be
+///   allocated); calls from several receivers may be concurrent;
 /// - `batch_allocated` before the batch runs (its jobs see exactly this allocation);
 /// - `batch_completed` after every output operation of the batch ran;
 /// - `batches_cleaned` when every batch up to a time no longer needs its blocks.
@@ -74,6 +76,10 @@ pub struct Restore {
     pub next_block_seq: BTreeMap<StreamId, u64>,
     /// State to restore into the stateful operators.
     pub state: Vec<StateSnapshot>,
+    /// Per receiver stream, where its source resumes: the highest `source_offsets.end` over
+    /// every block recovered (allocated or not). Read by receivers through
+    /// [`crate::ReceiverContext::resume_offset`].
+    pub resume_offsets: BTreeMap<StreamId, u64>,
 }
 
 /// The registered listeners.
@@ -173,7 +179,11 @@ pub struct StreamingContext {
     lifecycle: Mutex<Lifecycle>,
     default_handler: Mutex<Arc<dyn ReceivedBlockHandler>>,
     stream_handlers: Mutex<BTreeMap<StreamId, Arc<dyn ReceivedBlockHandler>>>,
-    metadata_log: Mutex<Arc<dyn MetadataLog>>,
+    metadata_log: Mutex<Option<Arc<dyn MetadataLog>>>,
+    /// Set by [`StreamingContext::get_or_create`]: what `start` resumes from, and who
+    /// writes checkpoints.
+    pub(crate) recovered: Mutex<Option<Restore>>,
+    pub(crate) checkpointer: Mutex<Option<Arc<dyn crate::durability::BatchCheckpointer>>>,
     events_tx: mpsc::UnboundedSender<DriverEvent>,
     events_rx: Mutex<Option<mpsc::UnboundedReceiver<DriverEvent>>>,
     frozen: Mutex<Option<Arc<Graph>>>,
@@ -228,7 +238,9 @@ impl StreamingContext {
             lifecycle: Mutex::new(Lifecycle::Initialized),
             default_handler: Mutex::new(Arc::new(MemoryBlockHandler::new())),
             stream_handlers: Mutex::default(),
-            metadata_log: Mutex::new(Arc::new(NoMetadataLog)),
+            metadata_log: Mutex::new(None),
+            recovered: Mutex::default(),
+            checkpointer: Mutex::default(),
             events_tx,
             events_rx: Mutex::new(Some(events_rx)),
             frozen: Mutex::default(),
@@ -241,7 +253,7 @@ impl StreamingContext {
         &self.config
     }
 
-    fn runtime(&self) -> &tokio::runtime::Runtime {
+    pub(crate) fn runtime(&self) -> &tokio::runtime::Runtime {
         // Only `drop` takes the runtime.
         self.runtime
             .as_ref()
@@ -418,7 +430,7 @@ impl StreamingContext {
     /// Where the scheduler's decisions are recorded (default: nowhere).
     pub fn set_metadata_log(&self, log: Arc<dyn MetadataLog>) -> Result<()> {
         self.check_initialized("change the metadata log")?;
-        *lock(&self.metadata_log) = log;
+        *lock(&self.metadata_log) = Some(log);
         Ok(())
     }
 
@@ -429,6 +441,24 @@ impl StreamingContext {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .push(listener);
+    }
+
+    /// The input streams defined so far: id, name, whether a receiver feeds it (else it is a
+    /// direct input), and its kind.
+    pub(crate) fn input_streams(&self) -> Vec<(StreamId, String, bool, &'static str)> {
+        self.graph
+            .state()
+            .inputs
+            .iter()
+            .map(|i| {
+                (
+                    i.id,
+                    i.name.clone(),
+                    matches!(i.kind, InputKind::Receiver(_)),
+                    i.kind_name,
+                )
+            })
+            .collect()
     }
 
     /// The pipeline's operators, for a checkpoint's compatibility check (the graph as built
@@ -448,8 +478,13 @@ impl StreamingContext {
         }
     }
 
-    /// Starts the pipeline: the grid starts now (`zero` = the clock's time).
+    /// Starts the pipeline: the grid starts now (`zero` = the clock's time); or, for a
+    /// context from [`StreamingContext::get_or_create`] that found a checkpoint or a
+    /// metadata log, resumes where it left off.
     pub fn start(&self) -> Result<()> {
+        if let Some(restore) = lock(&self.recovered).take() {
+            return self.start_from(restore);
+        }
         let zero = BatchTime::from_millis(self.clock.now_ms());
         self.start_from(Restore {
             zero,
@@ -525,16 +560,28 @@ impl StreamingContext {
             .iter()
             .map(|a| (a.time, a.clone()))
             .collect();
+        let mut pending_allocations = pending_allocations;
+        for a in &restore.scheduler.remembered {
+            pending_allocations.insert(a.time, a.clone());
+        }
+        let remembered_times: Vec<BatchTime> = restore
+            .scheduler
+            .remembered
+            .iter()
+            .map(|a| a.time)
+            .collect();
         let last_completed = restore
             .scheduler
             .last_generated
             .filter(|_| restore.scheduler.pending.is_empty());
+        let metadata_log = lock(&self.metadata_log).clone();
         let scheduler = Scheduler::restore(
             SchedulerConfig {
                 interval_ms: self.config.batch_interval_ms,
                 zero: restore.zero,
                 remember_ms: graph.input_remember_ms,
                 receivers: receivers.clone(),
+                queued_max: self.config.batches_queued_max,
             },
             restore.scheduler,
         );
@@ -606,6 +653,8 @@ impl StreamingContext {
                     rate_limit_records_per_sec: None,
                 }),
                 listeners: Arc::clone(&self.listeners),
+                metadata_log: metadata_log.clone(),
+                resume_offset: restore.resume_offsets.get(&input.id).copied(),
             });
             lock(&self.shared.receivers).push(Arc::clone(&shared));
             launches.push((shared, launch));
@@ -625,6 +674,7 @@ impl StreamingContext {
             rates,
             shared: Arc::clone(&self.shared),
             last_completed,
+            checkpointer: lock(&self.checkpointer).clone(),
         };
         let job_thread = std::thread::Builder::new()
             .name("ember-jobs".to_owned())
@@ -651,11 +701,12 @@ impl StreamingContext {
             graph,
             streams,
             retained,
-            metadata_log: Arc::clone(&lock(&self.metadata_log)),
+            metadata_log: metadata_log.unwrap_or_else(|| Arc::new(NoMetadataLog)),
             listeners: Arc::clone(&self.listeners),
             graceful_stop_timeout_ms: self.config.effective_graceful_stop_timeout_ms(),
             submitted: pending_allocations
                 .keys()
+                .filter(|t| !remembered_times.contains(t))
                 .map(|t| (*t, self.clock.now_ms()))
                 .collect(),
             allocations: pending_allocations,
@@ -889,7 +940,14 @@ impl Drop for StreamingContext {
             let _ = self.await_termination_timeout(Some(std::time::Duration::from_secs(30)));
         }
         if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
+            if tokio::runtime::Handle::try_current().is_ok() {
+                rt.shutdown_background();
+            } else {
+                // Wait for the tasks to be dropped: aborted receivers still hold the
+                // stream handlers and the metadata log, whose locks a context opened next
+                // on the same directories needs.
+                rt.shutdown_timeout(std::time::Duration::from_secs(10));
+            }
         }
     }
 }

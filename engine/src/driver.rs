@@ -130,26 +130,21 @@ impl Driver {
     async fn handle(&mut self, event: DriverEvent) {
         let actions = match event {
             DriverEvent::BlockStored(block) => {
-                if let Err(e) = blocking(|| self.metadata_log.block_stored(&block)) {
-                    self.fail(e);
-                    self.scheduler
-                        .on_event(Event::StopRequested { graceful: false })
-                } else {
-                    // The block goes to the next batch generated: block stages that fold
-                    // can start folding it into that batch now.
-                    if let Some(batch) = self.scheduler.open_batch() {
-                        for task in self
-                            .graph
-                            .block_tasks
-                            .get(&block.id.stream)
-                            .into_iter()
-                            .flatten()
-                        {
-                            task.assign(block.id, batch);
-                        }
+                // The receiver recorded the block in the metadata log before reporting it.
+                // The block goes to the next batch generated: block stages that fold can
+                // start folding it into that batch now.
+                if let Some(batch) = self.scheduler.open_batch() {
+                    for task in self
+                        .graph
+                        .block_tasks
+                        .get(&block.id.stream)
+                        .into_iter()
+                        .flatten()
+                    {
+                        task.assign(block.id, batch);
                     }
-                    self.scheduler.on_event(Event::BlockStored(block))
                 }
+                self.scheduler.on_event(Event::BlockStored(block))
             }
             DriverEvent::ReceiverStopped { stream, error } => {
                 let mut actions = Vec::new();
@@ -336,6 +331,7 @@ pub(crate) struct JobRunner {
     pub rates: Vec<RateControl>,
     pub shared: Arc<Shared>,
     pub last_completed: Option<BatchTime>,
+    pub checkpointer: Option<Arc<dyn crate::durability::BatchCheckpointer>>,
 }
 
 impl JobRunner {
@@ -347,9 +343,18 @@ impl JobRunner {
                     allocations,
                     submitted_ms,
                 } => {
-                    let (info, error) = self.run_batch(time, allocations, submitted_ms);
+                    let (info, mut error) = self.run_batch(time, allocations, submitted_ms);
                     if error.is_none() {
                         self.last_completed = Some(time);
+                        // Between two batches state is at a batch boundary: the moment to
+                        // checkpoint (the next batch waits, as the checkpoint must be
+                        // consistent with this state).
+                        if let Some(c) = &self.checkpointer
+                            && let Err(e) = c.batch_completed(time, &self.graph)
+                        {
+                            tracing::error!(batch = %time, error = %e, "checkpoint failed");
+                            error = Some(e);
+                        }
                     }
                     self.shared.record_batch(info);
                     if self

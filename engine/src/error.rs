@@ -150,6 +150,32 @@ pub enum Error {
         batches_pending: usize,
     },
 
+    /// A write-ahead log (a stream's data log or the driver's metadata log) failed.
+    #[error("{what} at {location}")]
+    Wal {
+        /// Which log and what was being done ("append to the metadata log", ...).
+        what: &'static str,
+        /// The log's directory.
+        location: String,
+        /// The underlying error (names segment and byte offset where it applies).
+        #[source]
+        source: wal::Error,
+    },
+
+    /// A checkpoint could not be written or used (an incompatible graph names what changed).
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::Error),
+
+    /// Recovery found something it cannot use (a metadata log record that does not decode,
+    /// a log that does not reach back to the checkpoint, ...).
+    #[error("recovery from {location}: {message}")]
+    Recovery {
+        /// The checkpoint directory or log.
+        location: String,
+        /// What is wrong and, where known, the Lsn.
+        message: String,
+    },
+
     /// The engine's runtime could not be started.
     #[error("cannot start {what}")]
     Runtime {

@@ -78,6 +78,7 @@ impl MemoryBlockHandler {
             records: block.records,
             len_bytes: block.bytes.len() as u64,
             locator: Vec::new(),
+            source_offsets: block.source_offsets.clone(),
         };
         self.shard(block.id)
             .lock()
@@ -150,6 +151,7 @@ mod tests {
                 id,
                 records: 2,
                 bytes: Bytes::from_static(b"a\nb\n"),
+                source_offsets: None,
             })
             .await
             .unwrap();

@@ -35,6 +35,7 @@ impl ReceivedBlockHandler for KeepAll {
             records: block.records,
             len_bytes: block.bytes.len() as u64,
             locator: vec![7],
+            source_offsets: block.source_offsets.clone(),
         };
         self.blocks.lock().unwrap().insert(block.id, block.bytes);
         Box::pin(async move { Ok(stored) })
@@ -276,9 +277,11 @@ fn a_batch_recomputed_from_stored_blocks_and_a_snapshot_writes_identical_files()
                 last_generated: Some(BatchTime::from_millis(START + 3_000)),
                 pending: vec![batch3],
                 unallocated: vec![],
+                remembered: vec![],
             },
             next_block_seq: [(engine::StreamId(0), next_seq)].into(),
             state: snapshot,
+            resume_offsets: BTreeMap::new(),
         })
         .unwrap();
     let info = b.done.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -323,9 +326,11 @@ fn a_batch_recomputed_from_stored_blocks_and_a_snapshot_writes_identical_files()
                 last_generated: Some(BatchTime::from_millis(START + 3_000)),
                 pending: vec![allocations[&BatchTime::from_millis(START + 3_000)].clone()],
                 unallocated: vec![],
+                remembered: vec![],
             },
             next_block_seq: BTreeMap::new(),
             state: vec![],
+            resume_offsets: BTreeMap::new(),
         })
         .unwrap();
     let info = c.done.recv_timeout(Duration::from_secs(10)).unwrap();

@@ -127,6 +127,9 @@ pub struct SchedulerConfig {
     pub remember_ms: u64,
     /// The streams that have receivers (graceful stop waits for each to stop).
     pub receivers: Vec<StreamId>,
+    /// Most batches generated and not yet run (0: no limit). A due grid point beyond it is
+    /// generated when a batch completes (the catch-up cap after a restart).
+    pub queued_max: usize,
 }
 
 /// What a restarted core resumes from (see [`Scheduler::restore`]).
@@ -138,6 +141,9 @@ pub struct RestoredState {
     pub pending: Vec<Allocation>,
     /// Blocks stored but not allocated: they go to the first batch generated.
     pub unallocated: Vec<StoredBlock>,
+    /// Completed batches whose blocks later batches still read (windows look back);
+    /// they are not re-run, and are cleaned up like any completed batch.
+    pub remembered: Vec<Allocation>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,6 +168,8 @@ pub struct Scheduler {
     last_completed: Option<BatchTime>,
     receivers_running: BTreeSet<StreamId>,
     failed: Option<BatchTime>,
+    /// The latest time seen by `on_tick`.
+    now_ms: u64,
 }
 
 impl Scheduler {
@@ -192,6 +200,9 @@ impl Scheduler {
             None => config.zero.plus_millis(config.interval_ms),
         };
         let mut allocated = BTreeMap::new();
+        for alloc in restored.remembered {
+            allocated.insert(alloc.time, alloc.blocks.into_values().flatten().collect());
+        }
         let mut queued = Vec::new();
         for alloc in restored.pending {
             assert!(
@@ -227,6 +238,7 @@ impl Scheduler {
             running: None,
             last_completed: None,
             failed: None,
+            now_ms: 0,
         }
     }
 
@@ -281,7 +293,19 @@ impl Scheduler {
         if self.phase == Phase::Stopped {
             return actions;
         }
-        while self.generating && self.next_time.as_millis() <= now_ms {
+        self.now_ms = self.now_ms.max(now_ms);
+        self.generate_due(&mut actions);
+        self.advance(&mut actions);
+        actions
+    }
+
+    /// Generates every batch due by the latest tick, up to the queue cap.
+    fn generate_due(&mut self, actions: &mut Vec<Action>) {
+        let cap = self.config.queued_max;
+        while self.generating
+            && self.next_time.as_millis() <= self.now_ms
+            && (cap == 0 || self.queued.len() < cap)
+        {
             let time = self.next_time;
             self.next_time = time.plus_millis(self.config.interval_ms);
             let blocks = std::mem::take(&mut self.unallocated);
@@ -291,8 +315,6 @@ impl Scheduler {
             self.queued.push_back(time);
             self.update_generation();
         }
-        self.advance(&mut actions);
-        actions
     }
 
     /// Something happened: update the state and say what to do next.
@@ -317,6 +339,8 @@ impl Scheduler {
                 );
                 self.running = None;
                 self.last_completed = Some(time);
+                // Grid points held back by the queue cap.
+                self.generate_due(&mut actions);
                 if let Some(up_to) = time.checked_minus_millis(self.config.remember_ms) {
                     let kept = self.allocated.split_off(&up_to.plus_millis(1));
                     let cleaned = std::mem::replace(&mut self.allocated, kept);

@@ -14,6 +14,7 @@ fn config(remember_ms: u64, receivers: &[StreamId]) -> SchedulerConfig {
         zero: BatchTime::from_millis(10_000),
         remember_ms,
         receivers: receivers.to_vec(),
+        queued_max: 0,
     }
 }
 
@@ -23,6 +24,7 @@ fn block(stream: StreamId, seq: u64, records: u64) -> StoredBlock {
         records,
         len_bytes: records * 10,
         locator: Vec::new(),
+        source_offsets: None,
     }
 }
 
@@ -250,6 +252,7 @@ fn restore_reruns_pending_batches_on_the_original_grid_then_catches_up() {
         last_generated: Some(t(13_000)),
         pending,
         unallocated: vec![block(S0, 6, 1), block(S0, 5, 1)],
+        remembered: vec![],
     };
     let mut s = Scheduler::restore(config(0, &[S0]), restored);
     // Down from 13 s to 15.5 s: the pending batches re-run first (their allocation is

@@ -149,6 +149,7 @@ impl DirectInput for FileInput {
                     stream: self.reader.name.clone(),
                     message: format!("cannot encode a file locator: {e}"),
                 })?,
+                source_offsets: None,
             });
             tracing::info!(stream = %self.reader.name, file = %path.display(), records = checked.records, batch = %time, "picked up file");
             seen.insert(path, mtime);

@@ -53,6 +53,7 @@ where
             id,
             records: records.len() as u64,
             bytes: Bytes::from(bytes),
+            source_offsets: None,
         })])
     }
 }

@@ -6,9 +6,11 @@
 //!    and at most `receiver_queue_blocks_max` not yet through their block stages; and for
 //!    the rate limiter;
 //! 2. store it through the stream's handler, and wait until that resolves;
-//! 3. report it to the scheduler (it becomes allocatable) and start its block stages on the
+//! 3. record it in the metadata log, if the context has one, and wait until that record is
+//!    durable (a block acknowledged but not logged would be forgotten by a restart);
+//! 4. report it to the scheduler (it becomes allocatable) and start its block stages on the
 //!    worker pool;
-//! 4. only then return to the receiver, which may acknowledge its source.
+//! 5. only then return to the receiver, which may acknowledge its source.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,11 +67,20 @@ pub(crate) struct ReceiverShared {
     pub limiter: Arc<RateLimiter>,
     pub info: Mutex<ReceiverInfo>,
     pub listeners: Arc<crate::context::Listeners>,
+    /// Where stored blocks are recorded before the store resolves (durable contexts).
+    pub metadata_log: Option<Arc<dyn crate::context::MetadataLog>>,
+    /// Where the source resumes after a restart (see [`crate::Restore::resume_offsets`]).
+    pub resume_offset: Option<u64>,
 }
 
 impl ReceiverShared {
-    /// Stores one block of already encoded records (steps 1-3 of the module docs).
-    pub async fn store_block(&self, bytes: Bytes, records: u64) -> Result<StoredBlock> {
+    /// Stores one block of already encoded records (steps 1-4 of the module docs).
+    pub async fn store_block(
+        &self,
+        bytes: Bytes,
+        records: u64,
+        source_offsets: Option<std::ops::Range<u64>>,
+    ) -> Result<StoredBlock> {
         let closed = |_| Error::Receiver {
             stream: self.name.clone(),
             message: "the context is shutting down".to_owned(),
@@ -91,12 +102,24 @@ impl ReceiverShared {
                 id,
                 records,
                 bytes: bytes.clone(),
+                source_offsets,
             })
             .await
             .inspect_err(|_| {
                 // The block was not stored: give its retention slot back.
                 self.retained.add_permits(1);
             })?;
+        if let Some(log) = &self.metadata_log {
+            // The acknowledgement point: the block must be findable after a restart. A
+            // failure leaves the block stored but unreferenced; the receiver sees the
+            // error and must not acknowledge.
+            tokio::task::block_in_place(|| log.block_stored(&stored)).map_err(|e| {
+                Error::Receiver {
+                    stream: self.name.clone(),
+                    message: format!("block {id} stored but not recorded in the metadata log: {e}"),
+                }
+            })?;
+        }
         {
             let mut info = lock(&self.info);
             info.records += records;
@@ -242,14 +265,36 @@ impl<T: Data> ReceiverContext<T> {
                 message: format!("cannot encode records as {}: {message}", self.codec.name()),
             })?;
         self.shared
-            .store_block(Bytes::from(bytes), records.len() as u64)
+            .store_block(Bytes::from(bytes), records.len() as u64, None)
             .await
     }
 
     /// Stores bytes already in the stream's block encoding, holding `records` records, as one
     /// block; returns once the policy holds (the zero-copy path of text sources).
     pub async fn store_bytes(&self, bytes: Bytes, records: u64) -> Result<StoredBlock> {
-        self.shared.store_block(bytes, records).await
+        self.shared.store_block(bytes, records, None).await
+    }
+
+    /// [`ReceiverContext::store_bytes`] for a source with positions: the block holds the
+    /// source positions `source_offsets` (`[first, end)`, e.g. line numbers). After a
+    /// restart, [`ReceiverContext::resume_offset`] is the highest `end` of any recovered
+    /// block, so the source can resume right after what was stored.
+    pub async fn store_bytes_at(
+        &self,
+        bytes: Bytes,
+        records: u64,
+        source_offsets: std::ops::Range<u64>,
+    ) -> Result<StoredBlock> {
+        self.shared
+            .store_block(bytes, records, Some(source_offsets))
+            .await
+    }
+
+    /// Where a restarted source resumes: the highest `source_offsets.end` over every block
+    /// of this stream recovered from the metadata log (allocated or not); `None` on a
+    /// first start or if no recovered block had positions.
+    pub fn resume_offset(&self) -> Option<u64> {
+        self.shared.resume_offset
     }
 
     /// Stores the records buffered by [`ReceiverContext::store`] now, if any.
@@ -266,7 +311,7 @@ impl<T: Data> ReceiverContext<T> {
             )
         };
         self.shared
-            .store_block(Bytes::from(bytes), records)
+            .store_block(Bytes::from(bytes), records, None)
             .await
             .map(Some)
     }

@@ -288,7 +288,9 @@ async fn store_lines(
         *next_line += lines_in_raw;
         shared.count_invalid(checked.invalid);
         if checked.records > 0 {
-            shared.store_block(checked.bytes, checked.records).await?;
+            shared
+                .store_block(checked.bytes, checked.records, None)
+                .await?;
         }
     }
     Ok(())

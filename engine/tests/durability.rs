@@ -1,0 +1,302 @@
+//! Restart by recomputation through `StreamingContext::get_or_create`: a pipeline stopped
+//! abruptly (batches pending, blocks acknowledged but unallocated) and restarted on the same
+//! directories writes byte-identical per-batch output to a run that never stopped (WAL
+//! mode); ignore mode counts exactly what it lost; a changed graph is refused by name.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use engine::{
+    BatchInfo, Config, Durability, DurabilityConfig, ManualClock, Receiver, ReceiverContext,
+    RestartPlan, Str, StreamingContext, StreamingListener,
+};
+
+/// Stores the lines it is given, one block per message; reports each store.
+struct Lines {
+    batches: Arc<Mutex<mpsc::Receiver<Vec<Str>>>>,
+    stored: mpsc::Sender<usize>,
+}
+
+impl Receiver for Lines {
+    type Record = Str;
+    fn codec(&self) -> Arc<dyn engine::BlockCodec<Str>> {
+        Arc::new(engine::LinesCodec)
+    }
+    async fn run(self, ctx: ReceiverContext<Str>) -> engine::Result<()> {
+        loop {
+            let next = self
+                .batches
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_millis(10));
+            match next {
+                Ok(lines) => {
+                    let n = lines.len();
+                    ctx.store_records(&lines).await?;
+                    let _ = self.stored.send(n);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) if ctx.is_stopped() => return Ok(()),
+                Err(mpsc::RecvTimeoutError::Timeout) => tokio::task::yield_now().await,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+        }
+    }
+}
+
+struct Done(Mutex<mpsc::Sender<BatchInfo>>);
+impl StreamingListener for Done {
+    fn on_batch_completed(&self, b: &BatchInfo) {
+        let _ = self.0.lock().unwrap().send(b.clone());
+    }
+}
+
+const START: u64 = 7_000_000;
+const INTERVAL: u64 = 1_000;
+
+struct Run {
+    ctx: StreamingContext,
+    input: mpsc::Sender<Vec<Str>>,
+    stored: mpsc::Receiver<usize>,
+    done: mpsc::Receiver<BatchInfo>,
+}
+
+impl Run {
+    fn feed(&self, text: &str) {
+        // Two blocks per input, so batches hold several blocks.
+        let ls: Vec<Str> = text.lines().map(Str::from).collect();
+        let (x, y) = ls.split_at(ls.len() / 2);
+        for part in [x.to_vec(), y.to_vec()] {
+            self.input.send(part).unwrap();
+            self.stored.recv_timeout(Duration::from_secs(20)).unwrap();
+        }
+    }
+
+    fn next_done(&self) -> BatchInfo {
+        self.done.recv_timeout(Duration::from_secs(20)).unwrap()
+    }
+}
+
+/// The word count with a running total, writing every batch's totals as text files.
+/// `variant` changes the graph (for the compatibility test).
+fn open(
+    dir: &Path,
+    out: &Path,
+    clock: &ManualClock,
+    mode: Durability,
+    every: u64,
+    variant: bool,
+) -> engine::Result<Run> {
+    let mut config = Config::new(Duration::from_millis(INTERVAL));
+    config.partitions = 3;
+    config.worker_threads = 2;
+    let (input, rx) = mpsc::channel();
+    let (stored_tx, stored) = mpsc::channel();
+    let (tx, done) = mpsc::channel();
+    let durability = DurabilityConfig {
+        checkpoint_interval_batches: every,
+        ..DurabilityConfig::new(mode)
+    };
+    let out = out.to_path_buf();
+    let ctx = StreamingContext::get_or_create_with_clock(
+        dir,
+        config,
+        durability,
+        Arc::new(clock.clone()),
+        |ctx| {
+            let lines = ctx.receiver_stream(
+                "lines",
+                Lines {
+                    batches: Arc::new(Mutex::new(rx)),
+                    stored: stored_tx,
+                },
+            )?;
+            let words = lines.flat_map(|l| l.split(' '));
+            let words = if variant {
+                words.filter(|w| !w.is_empty())
+            } else {
+                words
+            };
+            words
+                .map(|w| (w, 1u64))
+                .reduce_by_key(|a, b| a + b)
+                .update_state_by_key(|new: Vec<u64>, total: Option<u64>| {
+                    Some(total.unwrap_or(0) + new.iter().sum::<u64>())
+                })
+                .save_as_text_files(out.join("totals"), "txt");
+            Ok(())
+        },
+    )?;
+    ctx.add_listener(Arc::new(Done(Mutex::new(tx))));
+    Ok(Run {
+        ctx,
+        input,
+        stored,
+        done,
+    })
+}
+
+const INPUTS: [&str; 6] = [
+    "the quick brown fox\njumps over the lazy dog",
+    "the dog barks\nthe fox runs",
+    "a b c the\nthe end",
+    "one more line\nand the fox again\nand again",
+    "lazy lazy dog\nbrown fox",
+    "end of the\nstory end",
+];
+
+fn outputs(out: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    for k in 1..=INPUTS.len() as u64 {
+        let dir = out.join(format!("totals-{}.txt", START + k * INTERVAL));
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            files.insert(
+                format!("{k}/{}", e.file_name().to_string_lossy()),
+                std::fs::read(e.path()).unwrap(),
+            );
+        }
+    }
+    files
+}
+
+/// Runs every input to completion without stopping.
+fn reference(tmp: &Path, mode: &Durability) -> BTreeMap<String, Vec<u8>> {
+    let out = tmp.join("ref-out");
+    let clock = ManualClock::new(START);
+    let run = open(&tmp.join("ref-ckpt"), &out, &clock, mode.clone(), 2, false).unwrap();
+    run.ctx.start().unwrap();
+    for text in INPUTS {
+        run.feed(text);
+        clock.advance(INTERVAL);
+        let info = run.next_done();
+        assert_eq!(info.lost_blocks, 0);
+    }
+    run.ctx.stop(true).unwrap();
+    outputs(&out)
+}
+
+fn wal_mode(tmp: &Path, name: &str) -> Durability {
+    Durability::wal(tmp.join(name))
+}
+
+/// Runs inputs 1-3 to completion, stores 4 and 5 (acknowledged, unallocated), stops
+/// without processing; restarts; runs the rest. Returns the restarted run's batch infos.
+fn crash_and_restart(tmp: &Path, mode: &Durability, every: u64) -> (PathBuf, Vec<BatchInfo>) {
+    let (dir, out) = (tmp.join("ckpt"), tmp.join("out"));
+    let clock = ManualClock::new(START);
+    {
+        let run = open(&dir, &out, &clock, mode.clone(), every, false).unwrap();
+        run.ctx.start().unwrap();
+        for text in &INPUTS[..3] {
+            run.feed(text);
+            clock.advance(INTERVAL);
+            run.next_done();
+        }
+        run.feed(INPUTS[3]);
+        // Immediate stop: no graceful flush, nothing more recorded.
+        run.ctx.stop(false).unwrap();
+    }
+    let plan = RestartPlan::inspect(&dir).unwrap();
+    let text = plan.describe(clock.now_ms_for_tests());
+    assert!(
+        text.contains("unallocated blocks (go to the first new batch): 2"),
+        "{text}"
+    );
+
+    let run = open(&dir, &out, &clock, mode.clone(), every, false).unwrap();
+    run.ctx.start().unwrap();
+    let mut infos = Vec::new();
+    // Batch 3 re-runs if the checkpoint is before it; wait for re-runs, then go on.
+    let rerun = plan.rerun.len();
+    for _ in 0..rerun {
+        infos.push(run.next_done());
+    }
+    clock.advance(INTERVAL);
+    infos.push(run.next_done());
+    for text in &INPUTS[4..] {
+        run.feed(text);
+        clock.advance(INTERVAL);
+        infos.push(run.next_done());
+    }
+    run.ctx.stop(true).unwrap();
+    (out, infos)
+}
+
+trait NowForTests {
+    fn now_ms_for_tests(&self) -> u64;
+}
+impl NowForTests for ManualClock {
+    fn now_ms_for_tests(&self) -> u64 {
+        engine::Clock::now_ms(self)
+    }
+}
+
+#[test]
+fn wal_mode_restart_recomputes_identical_output() {
+    for every in [2, 100] {
+        let tmp = tempfile::tempdir().unwrap();
+        let expected = reference(tmp.path(), &wal_mode(tmp.path(), "ref-wal"));
+        let (out, infos) = crash_and_restart(tmp.path(), &wal_mode(tmp.path(), "wal"), every);
+        assert!(
+            infos
+                .iter()
+                .all(|i| i.lost_blocks == 0 && i.failure.is_none()),
+            "{infos:?}"
+        );
+        let got = outputs(&out);
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            expected.keys().collect::<Vec<_>>()
+        );
+        for (name, bytes) in &expected {
+            assert_eq!(
+                String::from_utf8_lossy(&got[name]),
+                String::from_utf8_lossy(bytes),
+                "{name} (checkpoint every {every} batches)"
+            );
+        }
+    }
+}
+
+#[test]
+fn ignore_mode_restart_counts_what_it_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_out, infos) = crash_and_restart(tmp.path(), &Durability::Ignore, 2);
+    // The checkpoint after batch 2 makes batch 3 re-run from memory that is gone; the
+    // blocks of input 4 were acknowledged but only in memory.
+    let lost_records: u64 = infos.iter().map(|i| i.lost_records).sum();
+    let expected = (INPUTS[2].lines().count() + INPUTS[3].lines().count()) as u64;
+    assert_eq!(lost_records, expected, "{infos:?}");
+    assert_eq!(infos.iter().map(|i| i.lost_blocks).sum::<u64>(), 4);
+}
+
+#[test]
+fn an_incompatible_graph_is_refused_naming_the_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, out) = (tmp.path().join("ckpt"), tmp.path().join("out"));
+    let clock = ManualClock::new(START);
+    let mode = wal_mode(tmp.path(), "wal");
+    {
+        let run = open(&dir, &out, &clock, mode.clone(), 1, false).unwrap();
+        run.ctx.start().unwrap();
+        run.feed(INPUTS[0]);
+        clock.advance(INTERVAL);
+        run.next_done();
+        run.ctx.stop(true).unwrap();
+    }
+    let err = match open(&dir, &out, &clock, mode, 1, true) {
+        Ok(_) => panic!("a changed graph must be refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("incompatible") || err.contains("changed"),
+        "{err}"
+    );
+    assert!(
+        err.contains("update_state_by_key") || err.contains("filter"),
+        "{err}"
+    );
+}
