@@ -205,6 +205,29 @@ fn crash_and_restart(tmp: &Path, mode: &Durability, every: u64) -> (PathBuf, Vec
         text.contains("unallocated blocks (go to the first new batch): 2"),
         "{text}"
     );
+    // The CLI says the same, and where each re-run batch's data comes from.
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["checkpoint", "inspect"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&cli.stdout);
+    assert!(
+        cli.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    for line in text.lines().filter(|l| !l.contains("until now")) {
+        assert!(stdout.contains(line), "{line:?} missing from:\n{stdout}");
+    }
+    if !plan.rerun.is_empty() {
+        let source = match mode {
+            Durability::Wal { .. } => "from WAL",
+            Durability::Ignore => "memory only",
+            Durability::Replicated { .. } => "replica on",
+        };
+        assert!(stdout.contains(source), "{stdout}");
+    }
 
     let run = open(&dir, &out, &clock, mode.clone(), every, false).unwrap();
     run.ctx.start().unwrap();
@@ -298,5 +321,108 @@ fn an_incompatible_graph_is_refused_naming_the_change() {
     assert!(
         err.contains("update_state_by_key") || err.contains("filter"),
         "{err}"
+    );
+}
+
+/// Two in-process block servers (the same code `ember executor` runs) on 127.0.0.1.
+struct Executors {
+    runtime: tokio::runtime::Runtime,
+    servers: Vec<blockstore::BlockServer>,
+}
+
+impl Executors {
+    fn start(n: usize) -> Executors {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let servers = (0..n)
+            .map(|_| {
+                runtime
+                    .block_on(blockstore::BlockServer::bind(
+                        "127.0.0.1:0",
+                        blockstore::Config::default(),
+                    ))
+                    .unwrap()
+            })
+            .collect();
+        Executors { runtime, servers }
+    }
+
+    fn mode(&self, replication: usize) -> Durability {
+        Durability::Replicated {
+            executors: self
+                .servers
+                .iter()
+                .map(|s| s.local_addr().to_string())
+                .collect(),
+            replication,
+        }
+    }
+}
+
+impl Drop for Executors {
+    fn drop(&mut self) {
+        for s in self.servers.drain(..) {
+            self.runtime.block_on(s.shutdown());
+        }
+    }
+}
+
+#[test]
+fn replicated_mode_restart_recomputes_identical_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (reference_executors, executors) = (Executors::start(2), Executors::start(2));
+    let expected = reference(tmp.path(), &reference_executors.mode(1));
+    let (out, infos) = crash_and_restart(tmp.path(), &executors.mode(2), 2);
+    assert!(
+        infos
+            .iter()
+            .all(|i| i.lost_blocks == 0 && i.failure.is_none()),
+        "{infos:?}"
+    );
+    let got = outputs(&out);
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn too_few_replicas_stop_the_receiver_naming_the_peers() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A port nothing listens on: bind, note, close.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let executors = Executors::start(1);
+    let mut mode = executors.mode(2);
+    if let Durability::Replicated { executors, .. } = &mut mode {
+        executors.push(dead.clone());
+    }
+    let clock = ManualClock::new(START);
+    let run = open(
+        &tmp.path().join("ckpt"),
+        &tmp.path().join("out"),
+        &clock,
+        mode,
+        2,
+        false,
+    )
+    .unwrap();
+    run.ctx.start().unwrap();
+    run.input.send(vec![Str::from("a b")]).unwrap();
+    assert!(
+        run.stored.recv_timeout(Duration::from_secs(5)).is_err(),
+        "the block must not be acknowledged"
+    );
+    // The receiver's error stops the context by itself.
+    let err = run
+        .ctx
+        .await_termination_timeout(Some(Duration::from_secs(30)))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&dead), "{err}");
+    let received = run.ctx.receivers();
+    let state = format!("{:?}", received[0].state);
+    assert!(
+        state.contains(&dead) && state.contains("not acknowledging"),
+        "{state}"
     );
 }

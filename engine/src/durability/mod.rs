@@ -479,7 +479,8 @@ enum StreamStore {
     Memory,
     Wal(Arc<WalBlockHandler>),
     Replicated(Arc<ReplicatedBlockHandler>),
-    Direct,
+    /// A direct input, by kind: re-read from its source.
+    Direct(&'static str),
 }
 
 /// Writes checkpoints and cleans up below them (see the module docs).
@@ -530,9 +531,15 @@ impl Checkpointer {
                 data: match self.streams.get(stream) {
                     // Direct inputs are re-read from their source; their locators are the
                     // input's own (file path, offsets) and stay in the metadata log.
-                    Some(StreamStore::Direct) => {
-                        InputData::Files(bs.iter().map(|b| b.id.to_string()).collect())
-                    }
+                    // (Other direct inputs, e.g. Kafka, add their form here: offset ranges.)
+                    Some(StreamStore::Direct(kind)) if kind.contains("file") => InputData::Files(
+                        bs.iter()
+                            .map(|b| {
+                                crate::source::file::locator_path(b)
+                                    .map_or_else(|| b.id.to_string(), |p| p.display().to_string())
+                            })
+                            .collect(),
+                    ),
                     _ => InputData::Blocks(bs.iter().map(|b| self.block_ref(b)).collect()),
                 },
             })
@@ -677,7 +684,7 @@ impl Checkpointer {
                         .collect();
                     self.runtime.block_on(h.purge(|b| needed.contains(&b.id)))?;
                 }
-                StreamStore::Memory | StreamStore::Direct => {}
+                StreamStore::Memory | StreamStore::Direct(_) => {}
             }
         }
         Ok(())
@@ -783,14 +790,16 @@ impl StreamingContext {
         };
 
         // Handlers per stream.
-        let incarnation = clock.now_ms();
+        // One per run: the start time with the process id mixed in, so neither a restart
+        // nor another driver on the same executors reuses a block id a peer may hold.
+        let incarnation = (clock.now_ms() << 20) ^ u64::from(std::process::id() & 0xF_FFFF);
         let mut streams = BTreeMap::new();
         let mut descs = BTreeMap::new();
         let mut replicated_stores: BTreeMap<Vec<String>, Arc<blockstore::ReplicatedStore>> =
             BTreeMap::new();
         for (id, name, receiver, kind) in ctx.input_streams() {
             if !receiver {
-                streams.insert(id, StreamStore::Direct);
+                streams.insert(id, StreamStore::Direct(kind));
                 descs.insert(
                     id,
                     StreamDesc {

@@ -47,6 +47,13 @@ struct FileLocator {
     modified_ms: u64,
 }
 
+/// The file a directory-source block was read from (for checkpoints and inspection).
+pub(crate) fn locator_path(stored: &StoredBlock) -> Option<PathBuf> {
+    postcard::from_bytes::<FileLocator>(&stored.locator)
+        .ok()
+        .map(|l| l.path)
+}
+
 pub(crate) struct FileInput {
     pub dir: PathBuf,
     pub start_ms: u64,

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 mod bench;
+mod checkpoint;
 mod demo;
 mod executor;
 mod r#gen;
@@ -39,6 +40,8 @@ enum Command {
     Executor(executor::Args),
     Run(run::Args),
     Bench(bench::Args),
+    /// Inspect a checkpoint directory: what a restart would do, without doing it.
+    Checkpoint(checkpoint::Args),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +76,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => {
             init_logging("warn");
             bench::run(args)
+        }
+        Command::Checkpoint(args) => {
+            init_logging("warn");
+            checkpoint::run(args)
         }
     }
 }
