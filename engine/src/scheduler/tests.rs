@@ -270,6 +270,38 @@ fn restore_reruns_pending_batches_on_the_original_grid_then_catches_up() {
 }
 
 #[test]
+fn missed_grid_points_are_generated_no_faster_than_batches_complete() {
+    let mut config = config(0, &[S0]);
+    config.queued_max = 2;
+    let mut s = Scheduler::restore(
+        config,
+        RestoredState {
+            last_generated: Some(t(11_000)),
+            unallocated: vec![block(S0, 4, 1)],
+            ..Default::default()
+        },
+    );
+    // Down from 11 s to 16.5 s: five grid points are due, two are generated (one runs,
+    // one waits), the recovered block goes to the first.
+    let a = s.on_tick(16_500);
+    assert_eq!(allocated(&a), [(12_000, vec![(0, 4)]), (13_000, vec![])]);
+    assert_eq!(runs(&a), [12_000]);
+    // A block arriving now goes to the next batch generated, on the original grid.
+    s.on_event(Event::BlockStored(block(S0, 5, 1)));
+    let a = s.on_event(Event::BatchCompleted { time: t(12_000) });
+    assert_eq!(allocated(&a), [(14_000, vec![(0, 5)])]);
+    assert_eq!(runs(&a), [13_000]);
+    let a = s.on_event(Event::BatchCompleted { time: t(13_000) });
+    assert_eq!(allocated(&a), [(15_000, vec![])]);
+    let a = s.on_event(Event::BatchCompleted { time: t(14_000) });
+    assert_eq!(allocated(&a), [(16_000, vec![])]);
+    // Caught up: nothing more is due until the next tick.
+    let a = s.on_event(Event::BatchCompleted { time: t(15_000) });
+    assert_eq!(allocated(&a), []);
+    assert_eq!(runs(&a), [16_000]);
+}
+
+#[test]
 #[should_panic(expected = "not on the grid")]
 fn restore_rejects_times_off_the_grid() {
     let restored = RestoredState {
