@@ -426,3 +426,27 @@ fn too_few_replicas_stop_the_receiver_naming_the_peers() {
         "{state}"
     );
 }
+
+#[test]
+fn what_the_metadata_log_remembers_stays_bounded_by_the_retained_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, out) = (tmp.path().join("ckpt"), tmp.path().join("out"));
+    let clock = ManualClock::new(START);
+    let run = open(&dir, &out, &clock, wal_mode(tmp.path(), "wal"), 2, false).unwrap();
+    run.ctx.start().unwrap();
+    for k in 0..40 {
+        if k % 3 == 0 {
+            run.feed(INPUTS[k % INPUTS.len()]);
+        }
+        clock.advance(INTERVAL);
+        run.next_done();
+    }
+    run.ctx.stop(true).unwrap();
+    drop(run);
+    let plan = RestartPlan::inspect(&dir).unwrap();
+    // 3 checkpoints retained, one every 2 batches: the oldest needed batch is about 6
+    // batches back; everything before it is pruned from the log's view.
+    let kept = plan.mirror.allocations.len();
+    assert!((2..=10).contains(&kept), "{kept} allocations kept");
+    assert!(plan.rerun.len() <= 2, "{:?}", plan.rerun);
+}

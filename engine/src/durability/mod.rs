@@ -573,7 +573,11 @@ impl Checkpointer {
         let (cut_lsn, mirror) = self.log.cut(time, prune)?;
         let last = mirror.last_generated.unwrap_or(time).max(time);
         let (mut pending, mut remembered) = (Vec::new(), Vec::new());
-        for (t, a) in &mirror.allocations {
+        // Batches a restart from this checkpoint reads: those after it, and those windows
+        // still look back to. Older ones are not referenced, which moves the cleanup
+        // horizon (and the mirror's pruning) forward.
+        let window_start = time.saturating_minus_millis(graph.input_remember_ms);
+        for (t, a) in mirror.allocations.range(window_start.plus_millis(1)..) {
             let batch = BatchInputs {
                 batch_time_ms: t.as_millis(),
                 inputs: self.inputs(&a.blocks),
