@@ -99,23 +99,30 @@ pub(crate) fn foreach_batch<T: Data>(
 
 pub(crate) fn print<T: Data + Debug>(stream: &DStream<T>, n: usize) {
     foreach_batch(stream, "print", move |data, time| {
-        let mut text = String::new();
-        let _ = writeln!(text, "-------------------------------------------");
-        let _ = writeln!(text, "Time: {} ms", time.as_millis());
-        let _ = writeln!(text, "-------------------------------------------");
-        for record in data.iter().take(n) {
-            let _ = writeln!(text, "{record:?}");
-        }
-        if data.len() > n {
-            let _ = writeln!(text, "...");
-        }
-        text.push('\n');
+        let text = print_text(data, time, n);
         // `print` is an output operation the user asked for: standard output is its sink.
         let mut out = std::io::stdout().lock();
         out.write_all(text.as_bytes())
             .and_then(|()| out.flush())
             .map_err(|e| format!("writing to stdout: {e}"))
     });
+}
+
+/// What `print(n)` writes for one batch, in Spark's layout: a header with the batch time,
+/// the first `n` records, and "..." when there are more.
+fn print_text<T: Debug>(data: &BatchData<T>, time: BatchTime, n: usize) -> String {
+    let mut text = String::new();
+    let _ = writeln!(text, "-------------------------------------------");
+    let _ = writeln!(text, "Time: {} ms", time.as_millis());
+    let _ = writeln!(text, "-------------------------------------------");
+    for record in data.iter().take(n) {
+        let _ = writeln!(text, "{record:?}");
+    }
+    if data.len() > n {
+        let _ = writeln!(text, "...");
+    }
+    text.push('\n');
+    text
 }
 
 pub(crate) fn save_as_text_files<T: Data + TextRecord>(
@@ -325,5 +332,30 @@ impl<T: TextRecord> TextRecord for Vec<T> {
             v.write_text(out);
         }
         out.push(']');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn print_shows_the_time_the_first_n_records_and_an_ellipsis_when_there_are_more() {
+        let time = BatchTime::from_millis(3_000);
+        let data = BatchData::from_partitions(vec![vec![("a", 1)], vec![("b", 2), ("c", 3)]]);
+        let rule = "-------------------------------------------";
+        assert_eq!(
+            print_text(&data, time, 2),
+            format!("{rule}\nTime: 3000 ms\n{rule}\n(\"a\", 1)\n(\"b\", 2)\n...\n\n")
+        );
+        assert_eq!(
+            print_text(&data, time, 3),
+            format!("{rule}\nTime: 3000 ms\n{rule}\n(\"a\", 1)\n(\"b\", 2)\n(\"c\", 3)\n\n")
+        );
+        let empty: BatchData<u8> = BatchData::empty();
+        assert_eq!(
+            print_text(&empty, time, 10),
+            format!("{rule}\nTime: 3000 ms\n{rule}\n\n")
+        );
     }
 }
