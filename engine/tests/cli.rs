@@ -91,6 +91,17 @@ fn demo_runs_the_word_count_and_checks_it() {
 
 #[test]
 fn sigterm_stops_a_running_pipeline_gracefully() {
+    signal_stops_a_running_pipeline_gracefully("TERM", 143);
+}
+
+#[test]
+fn sigint_stops_a_running_pipeline_gracefully() {
+    signal_stops_a_running_pipeline_gracefully("INT", 130);
+}
+
+/// Sends SIG`signal` to a running `ember run wordcount` after two batches; it must stop
+/// gracefully (every received line processed and counted once) with exit 128 + signo.
+fn signal_stops_a_running_pipeline_gracefully(signal: &str, exit_code: i32) {
     let dir = tempfile::tempdir().unwrap();
     let mut generator = ember()
         .args([
@@ -153,7 +164,7 @@ fn sigterm_stops_a_running_pipeline_gracefully() {
     let sent = Instant::now();
     assert!(
         Command::new("kill")
-            .args(["-TERM", &run.id().to_string()])
+            .args([&format!("-{signal}"), &run.id().to_string()])
             .status()
             .unwrap()
             .success()
@@ -162,7 +173,7 @@ fn sigterm_stops_a_running_pipeline_gracefully() {
     let status = run.wait().unwrap();
     let _ = generator.kill();
     let _ = generator.wait();
-    assert_eq!(status.code(), Some(143), "{}", rest.join("\n"));
+    assert_eq!(status.code(), Some(exit_code), "{}", rest.join("\n"));
     assert!(
         sent.elapsed() < Duration::from_secs(10),
         "graceful stop took {:?}",
@@ -170,7 +181,7 @@ fn sigterm_stops_a_running_pipeline_gracefully() {
     );
     assert!(
         rest.iter()
-            .any(|l| l.contains("stopping on signal") && l.contains("SIGTERM")),
+            .any(|l| l.contains("stopping on signal") && l.contains(&format!("SIG{signal}"))),
         "{}",
         rest.join("\n")
     );

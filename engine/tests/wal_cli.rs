@@ -284,3 +284,61 @@ fn unreadable_segment_names_the_file() {
         &seg.display().to_string(),
     );
 }
+
+/// `ember wal verify` on a log over the bar's 64 MiB threshold: attached to a terminal
+/// (a pseudo-terminal from util-linux `script`, present on every Debian system) it draws a
+/// progress bar on stderr and erases it before the verdict; with stderr redirected, as in
+/// scripts and CI logs, it draws nothing.
+#[test]
+fn verify_shows_a_progress_bar_only_on_a_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("big");
+    {
+        let config = Config {
+            sync_policy: wal::SyncPolicy::UnsafeNoSync, // a test fixture, not a durability test
+            ..Config::default()
+        };
+        let wal = Wal::open_dir(&dir, config).unwrap();
+        let payload = vec![b'x'; 60_000];
+        for _ in 0..1_200 {
+            wal.append_blocking(payload.clone()).unwrap(); // 72 MB of records
+        }
+        wal.sync_blocking().unwrap();
+        wal.close().unwrap();
+    }
+    let dir = dir.to_str().unwrap();
+
+    let piped = ember(&["wal", "verify", dir]);
+    assert!(piped.status.success(), "{}", text(&piped.stderr));
+    assert!(text(&piped.stdout).starts_with("verify: clean"));
+    assert!(
+        piped.stderr.is_empty(),
+        "no bar when stderr is not a terminal: {:?}",
+        text(&piped.stderr)
+    );
+
+    let command = format!("'{}' wal verify '{dir}'", env!("CARGO_BIN_EXE_ember"));
+    let tty = Command::new("script")
+        .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("util-linux `script` runs the command on a pseudo-terminal");
+    let seen = text(&tty.stdout);
+    assert!(tty.status.success(), "{seen}{}", text(&tty.stderr));
+    assert!(
+        seen.contains("\r[#") || seen.contains("\r[."),
+        "a bar: {seen:?}"
+    );
+    assert!(seen.contains("% "), "a percentage: {seen:?}");
+    assert!(
+        seen.contains("of 6") || seen.contains("of 7"),
+        "the total: {seen:?}"
+    );
+    // The bar is erased before the verdict is printed, so the verdict line is clean.
+    // (The terminal turns "\n" into "\r\n".)
+    let verdict = seen.trim_end().rsplit('\r').next().unwrap_or_default();
+    assert!(
+        verdict.trim_start().starts_with("verify: clean"),
+        "{seen:?}"
+    );
+}
