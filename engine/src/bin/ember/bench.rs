@@ -35,6 +35,9 @@ Examples:
   ember bench wordcount --lines 50000000 --json
 The same workload and metrics as ../shared/anchors/spark-streaming (run.sh); see BENCHMARKS.md.")]
     Wordcount(WordcountArgs),
+    /// Time from kill -9 of a WAL-mode pipeline to its first resumed batch, with a large
+    /// data WAL to open (see BENCHMARKS.md).
+    Recovery(crate::bench_recovery::RecoveryArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -83,6 +86,7 @@ pub struct WordcountArgs {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.bench {
         Bench::Wordcount(a) => wordcount(a),
+        Bench::Recovery(a) => crate::bench_recovery::run(a),
     }
 }
 
