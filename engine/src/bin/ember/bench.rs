@@ -81,6 +81,55 @@ pub struct WordcountArgs {
     /// Give up after this long.
     #[arg(long, default_value_t = 900)]
     timeout_s: u64,
+    /// Durability mode of the pipeline's stream (ignore, wal, replicated): runs `ember run
+    /// wordcount --durability MODE --checkpoint DIR` in a temporary directory. Without it
+    /// the pipeline runs without a checkpoint directory (in-memory, as the Spark baseline).
+    #[arg(long, value_name = "MODE")]
+    durability: Option<String>,
+    /// For --durability replicated: start this many `ember executor`s on 127.0.0.1.
+    #[arg(long, default_value_t = 2)]
+    executors: usize,
+    /// For --durability replicated: executors holding each block.
+    #[arg(long, default_value_t = 1)]
+    replication: usize,
+}
+
+/// Executors started for a replicated run; killed when dropped.
+struct Executors(Vec<std::process::Child>, Vec<String>);
+
+impl Executors {
+    fn start(exe: &Path, n: usize) -> anyhow::Result<Executors> {
+        use std::io::BufRead;
+        let mut this = Executors(Vec::new(), Vec::new());
+        for _ in 0..n {
+            let mut child = Command::new(exe)
+                .args(["executor", "--listen", "127.0.0.1:0"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting an executor")?;
+            let mut line = String::new();
+            let stdout = child.stdout.take().context("executor stdout")?;
+            std::io::BufReader::new(stdout).read_line(&mut line)?;
+            this.0.push(child);
+            let addr = line
+                .trim()
+                .strip_prefix("READY ")
+                .with_context(|| format!("the executor printed {line:?}, not READY ADDR"))?;
+            this.1.push(addr.to_owned());
+        }
+        Ok(this)
+    }
+}
+
+impl Drop for Executors {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -183,6 +232,19 @@ fn run_once(
             run_cmd.args([flag, &v]);
         }
     }
+    let mut _executors = None;
+    if let Some(mode) = &args.durability {
+        run_cmd
+            .args(["--durability", mode, "--checkpoint"])
+            .arg(dir.join("checkpoint"));
+        if mode == "replicated" {
+            let started = Executors::start(exe, args.executors)?;
+            run_cmd
+                .args(["--executors", &started.1.join(",")])
+                .args(["--replication", &args.replication.to_string()]);
+            _executors = Some(started);
+        }
+    }
     if std::env::var_os("RUST_LOG").is_none() {
         run_cmd.env("RUST_LOG", "warn");
     }
@@ -211,6 +273,10 @@ fn run_once(
         ),
     );
     record.insert("words_per_line".into(), json!(spec.words_per_line));
+    record.insert(
+        "durability".into(),
+        json!(args.durability.as_deref().unwrap_or("none")),
+    );
     for (k, v) in serde_json::to_value(GenStats::from(&stats))?
         .as_object()
         .into_iter()
