@@ -1,7 +1,7 @@
 //! The conformance suite every [`CheckpointBackend`] must pass, and the store behaviour
 //! built on it. Each backend's tests call [`run_all`] with a factory of fresh, empty
-//! locations (the local directory and the simulated page cache now; the object store when
-//! it is built), so all backends are held to one contract.
+//! locations (the local directory, the simulated page cache, and the object store in memory
+//! and on a real S3 server), so all backends are held to one contract.
 //!
 //! Failures panic with the backend's location and the broken rule: this module is test
 //! support, compiled in the library so that backends in other crates can run it.

@@ -13,6 +13,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// A storage URL that is invalid or names storage that cannot be used (a missing
+    /// bucket, refused credentials); the message names the URL and the setting to check.
+    #[error("checkpoint location: {0}")]
+    Storage(String),
+
     /// A [`crate::Config`] value is out of range.
     #[error("invalid checkpoint setting {setting} = {value}: {reason}")]
     InvalidConfig {

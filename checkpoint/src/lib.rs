@@ -54,7 +54,7 @@
 //!
 //! # The publish rule
 //!
-//! A location (a directory, later a bucket prefix) has one writer ([`CheckpointStore::open`]
+//! A location (a directory or a bucket prefix) has one writer ([`CheckpointStore::open`]
 //! takes a lock). [`CheckpointStore::publish`] writes checkpoint number `n + 1`, where `n` is
 //! the highest present, under the name `checkpoint-<n+1, 20 digits>.ckpt` ([`names`]),
 //! **create-only and atomically**: locally, [`wal::fs::write_atomic`] writes a temporary
@@ -191,7 +191,7 @@ pub mod names;
 mod references;
 mod store;
 
-pub use backend::{CheckpointBackend, DirBackend};
+pub use backend::{CheckpointBackend, DirBackend, ObjectBackend, backend_for_url};
 pub use compat::GraphChange;
 pub use config::Config;
 pub use describe::{DescribedCheckpoint, Description};

@@ -134,6 +134,26 @@ pub enum Error {
         location: String,
     },
 
+    /// A storage URL that cannot be parsed or names something unsupported.
+    #[error("invalid storage URL {url:?}: {reason}")]
+    InvalidStorageUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The storage a URL names cannot be used: the bucket is missing, the credentials are
+    /// refused, the server does not answer. Reported at start-up, before any data is
+    /// accepted.
+    #[error("storage {url} is not usable: {reason}")]
+    StorageUnavailable {
+        /// The URL.
+        url: String,
+        /// What failed, and which setting to check.
+        reason: String,
+    },
+
     /// The log is closing or closed.
     #[error("WAL {location} is closed")]
     Closed {

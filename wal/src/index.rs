@@ -23,6 +23,9 @@ pub(crate) struct IndexedSegment {
     /// The whole segment, once sealed (a read-only mapping for local files). `None` for the
     /// segment being written, which is read with `read_at`.
     pub(crate) sealed: Option<Bytes>,
+    /// Whether the segment is sealed (no more appends), whether or not its bytes are kept
+    /// in `sealed` (see `SegmentStore::keeps_sealed_bytes`).
+    pub(crate) closed: bool,
     /// Whether the segment's header (and so its base Lsn) is known to be durable: true for
     /// segments found by recovery, and for a new segment after its first successful sync.
     /// Retention keeps every segment unless a later one has a durable header, so the

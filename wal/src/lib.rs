@@ -123,6 +123,10 @@
 //!   format is the same either way. The [`store`] module docs explain how an object-store
 //!   backend (one object per group commit, create-only conditional puts) maps onto the
 //!   same trait.
+//! - [`objstore`]: the object-store backend ([`objstore::ObjectSegmentStore`]: one object
+//!   per group commit, create-only conditional puts, retries within a time bound) and
+//!   storage URLs (`s3://`, `file://`, `memory://`, `hdfs://`), opened with
+//!   [`Wal::open_url`].
 //!
 //! # Unsafe code
 //!
@@ -137,6 +141,7 @@ pub mod format;
 pub mod fs;
 mod index;
 mod lsn;
+pub mod objstore;
 pub mod recovery;
 pub mod store;
 mod wal;

@@ -33,6 +33,10 @@
 //! | Continuous | Damaged | * | Last | true | FailCorrupt | records follow an unreadable header: corruption, not a torn creation |
 //! | Continuous | Damaged | * | Last | false | DiscardSegment | the newest segment was being created when the crash hit; its first sync, which would have made the header durable, never completed |
 //!
+//! Object stores ([`crate::store::SegmentStore::seals_on_sync`]) write each segment with
+//! one atomic put, so no segment can be torn: every segment, the newest included, gets
+//! `position = Earlier`, and damage anywhere is `FailCorrupt`, never cut.
+//!
 //! What this cannot tell apart: damage confined to the very end of the newest segment is
 //! treated as a torn write even if it is media corruption of the last acknowledged
 //! records. Every other damage is reported, never skipped.
@@ -460,7 +464,8 @@ pub struct Progress {
 pub struct Analysis {
     /// One report per segment, in id order.
     pub segments: Vec<SegmentReport>,
-    /// The bytes of each segment, as scanned (a read-only mapping for local files).
+    /// The bytes of each segment, as scanned (a read-only mapping for local files); empty
+    /// for stores that do not keep sealed bytes (`SegmentStore::keeps_sealed_bytes`).
     pub(crate) bytes: Vec<Bytes>,
     /// The overall verdict: the first failing segment's, else the torn tail, else clean.
     pub verdict: Verdict,
@@ -477,14 +482,22 @@ pub fn analyze(
     let ids = store
         .list()
         .map_err(|e| Error::io("list segments of", location.clone(), e))?;
-    let mut bytes = Vec::with_capacity(ids.len());
-    for &id in &ids {
-        let data = store
+    // Stores that keep sealed bytes (memory maps) are read up front, which gives the
+    // progress total; the others (object stores) are read one segment at a time, so a
+    // large log is never held in memory whole (their reads prefetch ahead themselves).
+    let keep = store.keeps_sealed_bytes();
+    let read = |id: SegmentId| {
+        store
             .read(id)
-            .map_err(|e| Error::io("read segment", store.segment_name(id), e))?;
-        bytes.push(data);
+            .map_err(|e| Error::io("read segment", store.segment_name(id), e))
+    };
+    let mut bytes = Vec::with_capacity(ids.len());
+    if keep {
+        for &id in &ids {
+            bytes.push(read(id)?);
+        }
     }
-    let total_bytes = bytes.iter().map(|b| b.len() as u64).sum();
+    let mut total_bytes: u64 = bytes.iter().map(|b| b.len() as u64).sum();
     let mut done_before = 0u64;
     progress(Progress {
         done_bytes: 0,
@@ -494,7 +507,15 @@ pub fn analyze(
     let mut segments: Vec<SegmentReport> = Vec::with_capacity(ids.len());
     let mut first_failure: Option<Verdict> = None;
     let mut repair: Option<Verdict> = None;
-    for (i, (&id, data)) in ids.iter().zip(&bytes).enumerate() {
+    for (i, &id) in ids.iter().enumerate() {
+        let data = if keep {
+            bytes[i].clone()
+        } else {
+            let data = read(id)?;
+            total_bytes += data.len() as u64;
+            data
+        };
+        let data = &data;
         let name = store.segment_name(id);
         let prev = segments.last();
         let prev_end = prev.and_then(|p| p.scan.end_lsn());
@@ -513,7 +534,9 @@ pub fn analyze(
         );
         done_before += data.len() as u64;
 
-        let position = if i + 1 == ids.len() {
+        // A store that writes each segment with one atomic put has no torn tails: every
+        // segment, the newest too, is as final as a sealed file.
+        let position = if i + 1 == ids.len() && !store.seals_on_sync() {
             Position::Last
         } else {
             Position::Earlier

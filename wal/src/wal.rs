@@ -244,9 +244,11 @@ impl Wal {
         let mut actions = Vec::new();
         let mut index = Index::default();
         let mut next_segment_id = SegmentId::FIRST;
-        for (report, bytes) in analysis.segments.iter().zip(analysis.bytes) {
+        let mut scanned = analysis.bytes.into_iter();
+        for report in &analysis.segments {
             next_segment_id = report.id.next();
-            let mut sealed = Some(bytes);
+            // Empty for stores that do not keep sealed bytes (object stores).
+            let mut sealed = scanned.next();
             let mut len_bytes = report.len_bytes;
             match report.decision {
                 Decision::Accept => {}
@@ -311,7 +313,8 @@ impl Wal {
                 end_lsn: end,
                 len_bytes,
                 sparse,
-                sealed,
+                sealed: sealed.filter(|_| store.keeps_sealed_bytes()),
+                closed: true,
                 header_durable: true,
             });
         }
@@ -572,7 +575,7 @@ impl Wal {
                     && index
                         .segments
                         .front()
-                        .is_some_and(|s| s.sealed.is_some() && s.end_lsn <= lsn);
+                        .is_some_and(|s| s.closed && s.end_lsn <= lsn);
                 if !deletable {
                     break;
                 }

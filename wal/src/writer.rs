@@ -591,6 +591,7 @@ impl Writer {
                 len_bytes: header.len() as u64,
                 sparse: Vec::new(),
                 sealed: None,
+                closed: false,
                 header_durable: false,
             });
         self.active = Some(Active {
@@ -624,14 +625,20 @@ impl Writer {
             )));
         }
         // A failed mapping is not a durability problem: readers fall back to read_at.
-        let sealed = self.shared.store.read(active.id).ok();
+        let sealed = if self.shared.store.keeps_sealed_bytes() {
+            self.shared.store.read(active.id).ok()
+        } else {
+            None
+        };
         let mut index = self.shared.write_index();
-        if let Some(segment) = index.segments.iter_mut().rev().find(|s| s.id == active.id)
-            && sealed
+        if let Some(segment) = index.segments.iter_mut().rev().find(|s| s.id == active.id) {
+            segment.closed = true;
+            if sealed
                 .as_ref()
                 .is_some_and(|b| b.len() as u64 >= segment.len_bytes)
-        {
-            segment.sealed = sealed;
+            {
+                segment.sealed = sealed;
+            }
         }
         Ok(())
     }

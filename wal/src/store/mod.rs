@@ -34,27 +34,32 @@
 //!   `fdatasync` writes data only (no metadata write for a new length);
 //!   `finish` trims the unused zeros when the segment is sealed.
 //!
-//! - An object store (S3 and compatible, through the `object_store` crate), **not built
-//!   yet**. It maps onto the same contract without any in-place append:
+//! - [`crate::objstore::ObjectSegmentStore`]: an object store (S3 and compatible, HDFS,
+//!   in-memory, through the `object_store` crate). It maps onto the same contract without
+//!   any in-place append:
 //!   - `seals_on_sync()` is `true`: each group commit becomes one object. `create` only
 //!     starts an in-memory buffer holding the header; `append` adds frames to the buffer;
 //!     `sync` uploads the buffer with `put_opts(PutMode::Create)` (a create-only
 //!     conditional put, so two writers can never both own a segment id) under the key
-//!     `<prefix>/segment-<id>.wal`, and returns only after the put is acknowledged.
-//!     The writer's group-commit window (`delay_us_max`, `bytes_max` in
+//!     `<prefix>/segment-<id>.wal`, and returns only after the put is acknowledged
+//!     (retried within a time bound; a lost acknowledgement is recognised by reading the
+//!     object back). The writer's group-commit window (`delay_us_max`, `bytes_max` in
 //!     [`crate::SyncPolicy::GroupCommit`]) is then the flush window: it bounds the object
 //!     size and how long an append waits for its put.
 //!   - Each object is self-describing: its header carries its segment id and base Lsn,
 //!     and every record's checksum covers the segment id, so an object under the wrong key
 //!     is detected.
-//!   - `list` is a prefix listing sorted by key (the 20-digit ids sort numerically);
-//!     recovery then checks ids and Lsns are contiguous exactly as for files.
-//!   - `read` / `read_at` are (ranged) GETs; `delete` is a DELETE; `rewind` only drops
-//!     buffered bytes (nothing was uploaded); `finish` has nothing to do; `truncate` is never needed, because a put is
-//!     atomic and no object can have a torn tail, so the store returns `Unsupported` and
-//!     recovery reports such a segment as corrupt.
-//!   - `lock`: object stores have no advisory locks; the create-only put is what stops a
-//!     second writer (its first put of an existing id fails).
+//!   - `list` is a prefix listing sorted by id; recovery then checks ids and Lsns are
+//!     contiguous exactly as for files, and (a put being atomic) treats every object as
+//!     sealed, so damage in the newest object is corruption too, never a torn tail.
+//!   - `read` / `read_at` are served from a bounded cache of whole objects filled by GETs
+//!     (eight objects at a time, ahead of sequential readers); `keeps_sealed_bytes()` is
+//!     false, so the log does not hold sealed objects in memory. `delete` is a DELETE;
+//!     `rewind` only drops buffered bytes (nothing was uploaded); `finish` has nothing to
+//!     do; `truncate` is never needed and returns `Unsupported`.
+//!   - `lock`: object stores have no advisory locks; within a process a second writer is
+//!     refused, and across processes the create-only put is what stops a second writer
+//!     (its first put of an existing id fails).
 //!
 //! Nothing in the trait assumes a file that is appended to in place: a segment is
 //! written by one [`SegmentWriter`] and is durable after `sync`, however the backend
@@ -83,7 +88,20 @@ pub trait SegmentStore: Send + Sync + fmt::Debug {
     fn segment_name(&self, id: SegmentId) -> String;
 
     /// True if each [`SegmentWriter::sync`] also seals the segment (object stores).
+    ///
+    /// Such a store writes each segment whole, atomically (one put), so no segment can
+    /// have a torn tail: recovery treats every segment, the newest included, as sealed,
+    /// and damage anywhere is corruption (see [`crate::recovery`]).
     fn seals_on_sync(&self) -> bool;
+
+    /// Whether the log keeps each sealed segment's bytes (from [`SegmentStore::read`]) in
+    /// its index for reads. True (the default) where `read` is a memory map, which costs
+    /// address space rather than memory; false where `read` copies the segment into
+    /// memory (object stores), which then serve reads through [`SegmentStore::read_at`]
+    /// from a bounded cache of their own, so the log's memory does not grow with its size.
+    fn keeps_sealed_bytes(&self) -> bool {
+        true
+    }
 
     /// Ids of the segments present, in increasing order.
     fn list(&self) -> io::Result<Vec<SegmentId>>;

@@ -3,6 +3,10 @@
 
 pub mod scenarios;
 
+/// The moto S3 server fixture, shared with the `tests` crate (standard library only).
+#[path = "../../../tests/src/moto.rs"]
+pub mod moto;
+
 use std::io;
 use std::sync::Arc;
 
@@ -21,6 +25,12 @@ pub trait Backend: Send + Sync {
 
     /// Whether the log's segments are preallocated (zero-filled ahead of use).
     fn preallocates(&self) -> bool;
+
+    /// Whether each segment is written whole by one atomic put (object stores): no torn
+    /// tails exist, and damage in the newest segment is corruption.
+    fn atomic_segments(&self) -> bool {
+        false
+    }
 
     /// A fresh store over the same directory (as a restarted process would make), without
     /// preallocation (for read-only use).
@@ -287,6 +297,131 @@ impl Dir for NoSyncDir {
     }
 }
 
+/// The WAL on an object store: in memory (with a put latency, as a real store has), or
+/// on the moto S3 server. Raw operations rewrite whole objects, the only way to change
+/// one.
+pub struct Object {
+    name: &'static str,
+    store: Arc<dyn object_store::ObjectStore>,
+    prefix: object_store::path::Path,
+    location: String,
+}
+
+impl Object {
+    pub fn memory() -> Object {
+        use object_store::throttle::{ThrottleConfig, ThrottledStore};
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let throttle = ThrottleConfig {
+            wait_put_per_call: std::time::Duration::from_micros(300),
+            ..ThrottleConfig::default()
+        };
+        Object {
+            name: "object-memory",
+            store: Arc::new(ThrottledStore::new(
+                object_store::memory::InMemory::new(),
+                throttle,
+            )),
+            prefix: object_store::path::Path::from("log"),
+            location: format!("memory://test-{n}/log"),
+        }
+    }
+
+    /// On the moto server, or `None` (with a skip message) if moto is not installed.
+    pub fn s3() -> Option<Object> {
+        let moto = moto::Moto::shared()?;
+        let url = wal::objstore::StorageUrl::parse(&moto.fresh_url("wal")).unwrap();
+        let options = wal::objstore::ObjectOptions {
+            s3: moto.s3_settings(),
+            ..Default::default()
+        };
+        let client = url.connect(&options).unwrap();
+        Some(Object {
+            name: "object-s3",
+            store: Arc::clone(client.store()),
+            prefix: client.prefix().clone(),
+            location: client.location().to_owned(),
+        })
+    }
+
+    pub fn client(&self) -> wal::objstore::ObjectClient {
+        wal::objstore::ObjectClient::new(
+            Arc::clone(&self.store),
+            self.prefix.clone(),
+            self.location.clone(),
+            wal::objstore::RetryPolicy::default(),
+        )
+    }
+
+    fn rewrite(&self, name: &str, change: impl FnOnce(&mut Vec<u8>)) {
+        let client = self.client();
+        let mut bytes = match client.get(name) {
+            Ok(b) => b.to_vec(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => panic!("{e}"),
+        };
+        change(&mut bytes);
+        client.delete(name).unwrap();
+        client.put_create(name, bytes.into()).unwrap();
+    }
+}
+
+impl Backend for Object {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn dir(&self) -> Arc<dyn Dir> {
+        panic!("{}: an object store has no directory", self.name)
+    }
+    fn sim(&self) -> Option<&SimDir> {
+        None
+    }
+    fn preallocates(&self) -> bool {
+        false
+    }
+    fn atomic_segments(&self) -> bool {
+        true
+    }
+    fn store(&self) -> Arc<dyn SegmentStore> {
+        Arc::new(wal::objstore::ObjectSegmentStore::new(self.client()))
+    }
+    fn open(&self, config: Config) -> wal::Result<Wal> {
+        Wal::open(self.store(), config)
+    }
+    fn segments(&self) -> Vec<String> {
+        let mut names: Vec<_> = self
+            .client()
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| DirSegmentStore::parse_file_name(n).is_some())
+            .collect();
+        names.sort();
+        names
+    }
+    fn contents(&self, name: &str) -> Vec<u8> {
+        self.client().get(name).unwrap().to_vec()
+    }
+    fn corrupt(&self, name: &str, offset: u64, mask: u8) {
+        self.rewrite(name, |b| b[offset as usize] ^= mask);
+    }
+    fn append_raw(&self, name: &str, bytes: &[u8]) {
+        self.rewrite(name, |b| b.extend_from_slice(bytes));
+    }
+    fn truncate_raw(&self, name: &str, len: u64) {
+        self.rewrite(name, |b| b.truncate(len as usize));
+    }
+    fn remove_raw(&self, name: &str) {
+        self.client().delete(name).unwrap();
+    }
+    fn write_raw(&self, name: &str, bytes: &[u8]) {
+        self.client()
+            .put_create(name, bytes.to_vec().into())
+            .unwrap();
+    }
+}
+
 /// The seed for a seeded test: `WAL_TEST_SEED` if set, else `default`.
 pub fn seed(default: u64) -> u64 {
     match std::env::var("WAL_TEST_SEED") {
@@ -377,6 +512,17 @@ pub fn segment_name(id: u64) -> String {
     DirSegmentStore::file_name(SegmentId::new(id))
 }
 
+/// Runs a test body once per storage backend: [`for_each_backend`]'s directories, then
+/// the object store in memory and on the moto S3 server.
+#[macro_export]
+macro_rules! for_each_store {
+    ($($test:ident),* $(,)?) => {
+        $crate::for_each_backend!($($test),*);
+        $crate::for_each_backend!(@module object_memory, $crate::common::Object::memory(); $($test),*);
+        $crate::for_each_backend!(@optional object_s3, $crate::common::Object::s3(); $($test),*);
+    };
+}
+
 /// Runs a test body once per backend: real files and the simulated page cache, each with
 /// and without segment preallocation.
 #[macro_export]
@@ -386,6 +532,19 @@ macro_rules! for_each_backend {
         $crate::for_each_backend!(@module local_preallocated, $crate::common::Local::preallocated(); $($test),*);
         $crate::for_each_backend!(@module sim, $crate::common::Sim::new(); $($test),*);
         $crate::for_each_backend!(@module sim_preallocated, $crate::common::Sim::preallocated(); $($test),*);
+    };
+    (@optional $module:ident, $make:expr; $($test:ident),*) => {
+        mod $module {
+            $(
+                #[test]
+                fn $test() {
+                    // `None`: the server is not installed (a skip message was printed).
+                    if let Some(backend) = $make {
+                        super::$test(&backend);
+                    }
+                }
+            )*
+        }
     };
     (@module $module:ident, $make:expr; $($test:ident),*) => {
         mod $module {
