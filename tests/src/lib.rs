@@ -2,4 +2,6 @@
 //!
 //! The tests here use only the public APIs of the other crates and the `ember` binary.
 
+pub mod faults;
+pub mod moto;
 pub mod processes;
