@@ -222,7 +222,7 @@ fn crash_and_restart(tmp: &Path, mode: &Durability, every: u64) -> (PathBuf, Vec
     }
     if !plan.rerun.is_empty() {
         let source = match mode {
-            Durability::Wal { .. } => "from WAL",
+            Durability::Wal { .. } | Durability::WalUrl { .. } => "from WAL",
             Durability::Ignore => "memory only",
             Durability::Replicated { .. } => "replica on",
         };
@@ -281,6 +281,43 @@ fn wal_mode_restart_recomputes_identical_output() {
                 "{name} (checkpoint every {every} batches)"
             );
         }
+    }
+}
+
+#[path = "../../tests/src/moto.rs"]
+mod moto;
+
+#[test]
+fn wal_on_object_storage_restart_recomputes_identical_output() {
+    // The data WAL in an object store (in memory, and on moto's S3 server when installed):
+    // the same crash and restart as on disk, the same output.
+    let mut urls = vec![(
+        "memory://engine-durability/wal".to_owned(),
+        wal::objstore::ObjectOptions::default(),
+    )];
+    if let Some(moto) = moto::Moto::shared() {
+        let options = wal::objstore::ObjectOptions {
+            s3: moto.s3_settings(),
+            ..Default::default()
+        };
+        urls.push((moto.fresh_url("engine-wal"), options));
+    }
+    for (url, s3_options) in urls {
+        let tmp = tempfile::tempdir().unwrap();
+        let expected = reference(tmp.path(), &wal_mode(tmp.path(), "ref-wal"));
+        let mut mode = Durability::wal_at(&url).unwrap();
+        match &mut mode {
+            Durability::WalUrl { options, .. } => *options = s3_options,
+            other => panic!("{url}: {other:?}"),
+        }
+        let (out, infos) = crash_and_restart(tmp.path(), &mode, 2);
+        assert!(
+            infos
+                .iter()
+                .all(|i| i.lost_blocks == 0 && i.failure.is_none()),
+            "{url}: {infos:?}"
+        );
+        assert_eq!(outputs(&out), expected, "{url}");
     }
 }
 

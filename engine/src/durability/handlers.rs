@@ -70,6 +70,31 @@ impl WalBlockHandler {
         Ok(Self::with_wal(stream, Arc::new(wal)))
     }
 
+    /// Opens (recovering) the data WAL of `stream` on object storage at `url`, after one
+    /// listing request that checks the bucket and the credentials (settings from the
+    /// `AWS_*` environment, then `options`; see `wal::objstore`).
+    pub fn open_url(
+        url: &wal::objstore::StorageUrl,
+        options: &wal::objstore::ObjectOptions,
+        stream: StreamId,
+        sync: SyncPolicy,
+    ) -> Result<Self> {
+        let wal = Wal::open_url(
+            url,
+            options,
+            wal::Config {
+                sync_policy: sync,
+                ..wal::Config::default()
+            },
+        )
+        .map_err(|source| Error::Wal {
+            what: "open the data WAL",
+            location: url.to_string(),
+            source,
+        })?;
+        Ok(Self::with_wal(stream, Arc::new(wal)))
+    }
+
     /// A handler over an open log (any `SegmentStore`: local, simulated, object store).
     pub fn with_wal(stream: StreamId, wal: Arc<Wal>) -> Self {
         WalBlockHandler {

@@ -8,6 +8,7 @@
 //! |---|---|---|---|
 //! | [`Durability::Ignore`] | it is in memory | nothing (loss is counted per batch) | nothing |
 //! | [`Durability::Wal`] | its WAL record is synced (group commit) | driver crash, machine reboot | one fsync per group |
+//! | [`Durability::WalUrl`] | the object holding its WAL record was put (group commit, conditional put) | loss of the whole machine | one PUT per group |
 //! | [`Durability::Replicated`] | it is in memory here and on `replication` executors | driver crash (not a crash of every replica) | one network round trip |
 //!
 //! Direct inputs (the directory source, Kafka) need no mode: a batch records what it read
@@ -19,7 +20,8 @@
 //! DIR/checkpoints/   checkpoint-<seq>.ckpt and state-*.snap (the `checkpoint` crate)
 //! DIR/metadata/      the driver metadata log (a `wal` log; records in [`metadata`])
 //! ```
-//! WAL-mode streams keep their data log in `<Wal::dir>/stream-<id>/`.
+//! WAL-mode streams keep their data log in `<Wal::dir>/stream-<id>/` (or, on object
+//! storage, under `<WalUrl::url>/stream-<id>/`).
 //!
 //! # What happens at run time
 //!
@@ -93,6 +95,21 @@ pub enum Durability {
         /// When an append counts as durable (group commit by default).
         sync: SyncPolicy,
     },
+    /// Appended to a write-ahead log on object storage (`s3://bucket/prefix`,
+    /// `memory://name/prefix`, `hdfs://...`; see `wal::objstore`), one log per stream under
+    /// `<url>/stream-<id>/`; an append is acknowledged once its object's conditional put
+    /// was. Build it with [`Durability::wal_at`], which maps `file://` and plain paths to
+    /// [`Durability::Wal`].
+    WalUrl {
+        /// The location holding the streams' data logs.
+        url: wal::objstore::StorageUrl,
+        /// Connection settings beyond the environment's `AWS_*` variables (timeouts and
+        /// retries; S3 settings that override the environment).
+        options: wal::objstore::ObjectOptions,
+        /// When an append counts as durable (group commit by default: one object per
+        /// flush window).
+        sync: SyncPolicy,
+    },
     /// Stored in memory here and on `replication` of `executors` (`host:port` of
     /// `ember executor` processes) before the acknowledgement.
     Replicated {
@@ -112,10 +129,25 @@ impl Durability {
         }
     }
 
+    /// A WAL at a storage URL with group commit: a local directory for `file://` and
+    /// plain paths, else an object store. Fails on a URL that does not parse (the error
+    /// names it); whether the storage is reachable is checked when the context opens.
+    pub fn wal_at(url: &str) -> std::result::Result<Self, wal::Error> {
+        Ok(match wal::objstore::StorageUrl::parse(url)? {
+            wal::objstore::StorageUrl::Local(dir) => Durability::wal(dir),
+            url => Durability::WalUrl {
+                url,
+                options: wal::objstore::ObjectOptions::default(),
+                sync: SyncPolicy::GROUP_COMMIT_DEFAULT,
+            },
+        })
+    }
+
     fn describe(&self) -> String {
         match self {
             Durability::Ignore => "ignore".to_owned(),
             Durability::Wal { dir, .. } => format!("wal {}", dir.display()),
+            Durability::WalUrl { url, .. } => format!("wal {url}"),
             Durability::Replicated {
                 executors,
                 replication,
@@ -819,6 +851,15 @@ impl StreamingContext {
                 Durability::Wal { dir: wal_dir, sync } => {
                     let h = Arc::new(WalBlockHandler::open(
                         &stream_wal_dir(wal_dir, id),
+                        id,
+                        *sync,
+                    )?);
+                    (h.clone(), StreamStore::Wal(h))
+                }
+                Durability::WalUrl { url, options, sync } => {
+                    let h = Arc::new(WalBlockHandler::open_url(
+                        &url.join(&format!("stream-{}", id.0)),
+                        options,
                         id,
                         *sync,
                     )?);

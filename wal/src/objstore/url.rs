@@ -63,7 +63,7 @@ fn invalid(url: &str, reason: impl Into<String>) -> Error {
 }
 
 /// Settings of an object-store connection beyond the URL.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ObjectOptions {
     /// Request timeouts and retries.
     pub retry: RetryPolicy,
