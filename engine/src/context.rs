@@ -274,7 +274,7 @@ impl StreamingContext {
         }
     }
 
-    fn add_input<T: Data>(
+    pub(crate) fn add_input<T: Data>(
         &self,
         name: String,
         kind: InputKind,

@@ -118,6 +118,15 @@ pub enum Error {
         message: String,
     },
 
+    /// A sink could not be set up or read (its writes fail batches as [`Error::Job`]).
+    #[error("sink {sink}: {message}")]
+    Sink {
+        /// The sink and where it writes.
+        sink: String,
+        /// What happened.
+        message: String,
+    },
+
     /// A user function or output operation failed (returned an error or panicked).
     #[error("batch {batch_time}: `{operator}` failed: {message}")]
     Job {

@@ -335,6 +335,81 @@ impl<T: TextRecord> TextRecord for Vec<T> {
     }
 }
 
+pub mod kafka;
+pub mod postgres;
+
+/// What a [`Sink`] promises when the engine writes a batch again.
+///
+/// The engine's side of the contract: a batch's output is a deterministic function of its
+/// recorded inputs, so after a crash a batch that may have been written (wholly or in part)
+/// is written again with the **same** [`BatchOutput`] (batch time, partition count, source
+/// offset ranges) and the **same** records in the same partitions, provided the restart
+/// restores the batch's allocation (from a checkpoint's metadata log, or from the progress a
+/// sink stored itself, as [`postgres::PostgresSink::progress`]). Batches are written one at a
+/// time, in batch-time order; a batch is complete only when `write_batch` returned `Ok`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Each batch (or batch partition) is committed atomically together with a key that
+    /// identifies it; a re-run finds the key and writes nothing. Exactly-once.
+    Transactional,
+    /// A re-run overwrites the first attempt with identical bytes at identical names.
+    /// Exactly-once for readers that read only complete batches.
+    Idempotent,
+    /// A re-run writes the records again; each carries a deterministic identity (batch time,
+    /// partition, sequence) so a consumer can drop duplicates. At-least-once.
+    AtLeastOnce,
+}
+
+/// What a sink is told about the batch it writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchOutput {
+    /// The pipeline's name (part of every key a sink stores).
+    pub pipeline: String,
+    /// The batch.
+    pub time: BatchTime,
+    /// The batch's source offset ranges (empty for sources without offsets).
+    pub offsets: Vec<crate::source::kafka::OffsetRange>,
+}
+
+/// A user-writable output with an explicit re-execution contract; attach it with
+/// [`DStream::write_to`].
+pub trait Sink<T>: Send + Sync + 'static {
+    /// The sink's name, for errors and metrics.
+    fn name(&self) -> String;
+    /// What the sink promises on re-execution.
+    fn delivery(&self) -> Delivery;
+    /// Writes one batch (every partition of `data`). An error fails the batch, which stays
+    /// pending and is written again after a restart.
+    fn write_batch(
+        &self,
+        batch: &BatchOutput,
+        data: &BatchData<T>,
+    ) -> std::result::Result<(), String>;
+}
+
+pub(crate) fn write_to<T: Data, S: Sink<T> + ?Sized>(
+    stream: &DStream<T>,
+    pipeline: String,
+    sink: Arc<S>,
+    offsets: Option<crate::source::kafka::KafkaOffsets>,
+) {
+    foreach_batch(stream, "write_to", move |data, time| {
+        let offsets = match &offsets {
+            None => Vec::new(),
+            // A batch whose ranges this process neither planned nor read covers no offsets
+            // (a restored batch without blocks of the stream).
+            Some(o) => o.offset_ranges(time).unwrap_or_default(),
+        };
+        let batch = BatchOutput {
+            pipeline: pipeline.clone(),
+            time,
+            offsets,
+        };
+        sink.write_batch(&batch, data)
+            .map_err(|e| format!("sink {}: {e}", sink.name()))
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

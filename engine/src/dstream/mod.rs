@@ -433,6 +433,19 @@ impl<T: Data> DStream<T> {
         sink::save_as_text_files(self, prefix.as_ref(), suffix);
     }
 
+    /// Writes every batch to `sink` under its contract ([`sink::Sink`], [`sink::Delivery`]).
+    /// `pipeline` names the pipeline in every key the sink stores; `offsets` (from
+    /// [`crate::StreamingContext::kafka_stream`]) gives the sink each batch's source offset
+    /// ranges, to store atomically with the output.
+    pub fn write_to<S: sink::Sink<T> + ?Sized>(
+        &self,
+        pipeline: &str,
+        sink: Arc<S>,
+        offsets: Option<crate::source::kafka::KafkaOffsets>,
+    ) {
+        sink::write_to(self, pipeline.to_owned(), sink, offsets);
+    }
+
     /// Calls `f` with every batch's data and time, on the job thread, in batch order.
     pub fn foreach_batch(&self, mut f: impl FnMut(&BatchData<T>, BatchTime) + Send + 'static) {
         sink::foreach_batch(self, "foreach_batch", move |data, time| {

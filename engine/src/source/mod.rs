@@ -8,6 +8,7 @@
 //! runs. Either way a batch is a list of blocks per stream, and is recomputed from them.
 
 pub(crate) mod file;
+pub mod kafka;
 pub(crate) mod queue;
 pub(crate) mod receiver;
 pub(crate) mod socket;

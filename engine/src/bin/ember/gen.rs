@@ -31,11 +31,19 @@ Examples:
   ember gen --port 9999 --lines 2000000 --words 10 --expected /tmp/expected.tsv
   ember gen --port 0 --lines 50000000 --stream        # bounded memory; prints the port it got
   ember gen --lines 2000000 --expected-only --out expected.tsv
-  ember gen --lines 1000 --dump --out -               # the lines themselves, on stdout")]
+  ember gen --lines 1000 --dump --out -               # the lines themselves, on stdout
+  ember gen --kafka 127.0.0.1:9092/lines --partitions 4 --lines 1000000")]
 pub struct Args {
     /// TCP port to listen on; 0 picks a free port (printed in the READY line).
-    #[arg(long, required_unless_present_any = ["expected_only", "dump"])]
+    #[arg(long, required_unless_present_any = ["expected_only", "dump", "kafka"])]
     port: Option<u16>,
+    /// Produce the lines into a Kafka topic instead of serving them: HOST:PORT/topic
+    /// (created with --partitions partitions if missing; line i goes to partition i mod P).
+    #[arg(long, value_name = "HOST:PORT/TOPIC", conflicts_with_all = ["port", "expected_only", "dump", "stream"])]
+    kafka: Option<String>,
+    /// Partitions of the topic --kafka creates.
+    #[arg(long, default_value_t = 4, requires = "kafka", value_parser = clap::value_parser!(u32).range(1..=65535))]
+    partitions: u32,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
@@ -111,6 +119,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(())
         })
         .map(|()| ExitCode::SUCCESS);
+    }
+
+    if let Some(target) = &args.kafka {
+        if let Some(path) = &args.expected {
+            workload.expected_counts(threads).write_tsv_file(path)?;
+        }
+        return crate::kafka::produce(
+            target,
+            args.partitions,
+            &workload,
+            spec.lines,
+            stream_config,
+        );
     }
 
     // Serving. clap makes --port required here.

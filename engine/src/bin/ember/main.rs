@@ -17,6 +17,7 @@ mod checkpoint;
 mod demo;
 mod executor;
 mod r#gen;
+mod kafka;
 mod run;
 mod wal;
 mod wordcount;

@@ -34,9 +34,12 @@ Example:
 
 #[derive(Debug, clap::Args)]
 pub struct WordcountArgs {
-    /// The source: tcp://HOST:PORT (lines of text).
+    /// The source: tcp://HOST:PORT (lines of text) or kafka://HOST:PORT/topic (each record
+    /// one line; with --sink).
     #[arg(long)]
     source: String,
+    #[command(flatten)]
+    kafka: crate::kafka::KafkaArgs,
     /// Stop after this many lines have been processed.
     #[arg(long)]
     lines: u64,
@@ -80,6 +83,25 @@ fn wordcount_main(args: WordcountArgs) -> anyhow::Result<ExitCode> {
     let launch_ms = std::env::var("EMBER_LAUNCH_MS")
         .ok()
         .and_then(|v| v.trim().parse::<u64>().ok());
+    if args.source.starts_with("kafka://") {
+        let settings = Settings {
+            address: String::new(),
+            batch_ms: args.batch_ms,
+            partitions: args.partitions,
+            workers: args.workers,
+            block_interval_ms: args.block_interval_ms,
+            block_size_max_bytes: args.block_size_max_bytes,
+            receiver_queue_blocks_max: args.receiver_queue_blocks_max,
+        };
+        return crate::kafka::wordcount(crate::kafka::Run {
+            source: args.source,
+            kafka: args.kafka,
+            lines: args.lines,
+            out: args.out,
+            config: settings.config(),
+            timeout: Duration::from_secs(args.timeout_s),
+        });
+    }
     let Some(address) = args.source.strip_prefix("tcp://") else {
         bail!("--source must be tcp://HOST:PORT, not {:?}", args.source);
     };

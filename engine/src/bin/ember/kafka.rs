@@ -1,0 +1,398 @@
+//! Kafka in the CLI: `ember gen --kafka HOST:PORT/topic` (the workload into a topic) and
+//! `ember run wordcount --source kafka://HOST:PORT/topic --sink postgres://...|file://...`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use engine::scheduler::RestoredState;
+use engine::sink::postgres::{PostgresOptions, PostgresSink, Progress};
+use engine::source::kafka::{KafkaOptions, StartingOffsets};
+use engine::workload::{StreamConfig, Workload};
+use engine::{BatchInfo, BatchTime, Config, Restore, Str, StreamingContext, StreamingListener};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+
+/// `HOST:PORT/topic` into its bootstrap address and topic.
+pub fn parse_target(target: &str) -> anyhow::Result<(String, String)> {
+    let target = target.strip_prefix("kafka://").unwrap_or(target);
+    match target.split_once('/') {
+        Some((bootstrap, topic)) if !bootstrap.is_empty() && !topic.is_empty() => {
+            Ok((bootstrap.to_owned(), topic.to_owned()))
+        }
+        _ => bail!("expected HOST:PORT/topic, not {target:?}"),
+    }
+}
+
+/// The flags `ember run wordcount` takes for a Kafka source.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaArgs {
+    /// Where the counts go (with a kafka:// source): `postgres://USER@HOST:PORT/DB?table=T&pipeline=NAME`
+    /// (exactly-once, running totals; resumes from the offsets stored there) or
+    /// `file://DIR` (each batch's counts in DIR/counts-<batch ms>/, rewritten identically
+    /// when a batch re-runs).
+    #[arg(long)]
+    pub sink: Option<String>,
+    /// At most this many offsets per Kafka partition per second of batch interval.
+    #[arg(long, default_value_t = 250_000)]
+    pub max_rate_per_partition: u64,
+    /// Where to start when the sink has no stored offsets: earliest, latest, committed.
+    #[arg(long, default_value = "earliest")]
+    pub starting_offsets: String,
+    /// Consumer group id (for committed offsets).
+    #[arg(long)]
+    pub group_id: Option<String>,
+    /// Commit each batch's offsets to Kafka (the group id) after its outputs completed.
+    #[arg(long)]
+    pub commit_offsets: bool,
+}
+
+/// `ember gen --kafka`: produces `lines` workload lines into `topic` (created with
+/// `partitions` partitions if missing), line i into partition i mod P.
+pub fn produce(
+    target: &str,
+    partitions: u32,
+    workload: &Workload,
+    lines: u64,
+    config: StreamConfig,
+) -> anyhow::Result<ExitCode> {
+    let (bootstrap, topic) = parse_target(target)?;
+    let started = Instant::now();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime")?;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .with_context(|| format!("creating a Kafka admin client for {bootstrap}"))?;
+    let created = runtime.block_on(admin.create_topics(
+        &[NewTopic::new(
+            &topic,
+            i32::try_from(partitions)?,
+            TopicReplication::Fixed(1),
+        )],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+    ));
+    match created {
+        Ok(results) => {
+            for r in results {
+                match r {
+                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((t, e)) => bail!("cannot create topic {t} at {bootstrap}: {e}"),
+                }
+            }
+        }
+        Err(e) => bail!("cannot reach Kafka at {bootstrap} to create topic {topic}: {e}"),
+    }
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("message.timeout.ms", "120000")
+        .create()
+        .with_context(|| format!("creating a Kafka producer for {bootstrap}"))?;
+    let p = i32::try_from(partitions.max(1))?;
+    let mut line_no: u64 = 0;
+    runtime.block_on(async {
+        let mut pending = std::collections::VecDeque::new();
+        for chunk in workload.stream(0..lines, config) {
+            for line in chunk
+                .bytes()
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+            {
+                let partition = i32::try_from(line_no % u64::try_from(p)?)?;
+                line_no += 1;
+                let mut record = FutureRecord::<(), [u8]>::to(&topic)
+                    .partition(partition)
+                    .payload(line);
+                loop {
+                    if pending.len() >= 50_000 {
+                        ack(pending.pop_front(), &bootstrap).await?;
+                    }
+                    match producer.send_result(record) {
+                        Ok(d) => {
+                            pending.push_back(d);
+                            break;
+                        }
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                            record = back;
+                            if pending.is_empty() {
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                            } else {
+                                ack(pending.pop_front(), &bootstrap).await?;
+                            }
+                        }
+                        Err((e, _)) => bail!("cannot produce to {topic} at {bootstrap}: {e}"),
+                    }
+                }
+            }
+        }
+        while let Some(d) = pending.pop_front() {
+            ack(Some(d), &bootstrap).await?;
+        }
+        anyhow::Ok(())
+    })?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "GENSTATS {}",
+        serde_json::json!({"lines": line_no, "topic": topic, "partitions": partitions,
+            "seconds": secs, "lines_per_s": line_no as f64 / secs.max(1e-9)})
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn ack(d: Option<rdkafka::producer::DeliveryFuture>, bootstrap: &str) -> anyhow::Result<()> {
+    match d {
+        None => Ok(()),
+        Some(d) => match d.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((e, _))) => bail!("a record was not acknowledged by {bootstrap}: {e}"),
+            Err(_) => bail!("the producer was dropped"),
+        },
+    }
+}
+
+/// The word count's settings that `run wordcount` passes on.
+pub struct Run {
+    pub source: String,
+    pub kafka: KafkaArgs,
+    pub lines: u64,
+    pub out: PathBuf,
+    pub config: Config,
+    pub timeout: Duration,
+}
+
+/// Stops gracefully once the completed batches reach `lines` offsets in total.
+struct UntilOffsets {
+    offsets: engine::source::kafka::KafkaOffsets,
+    done: Mutex<BTreeMap<i32, i64>>,
+    lines: u64,
+    stop: engine::StopHandle,
+    commit: bool,
+}
+
+impl StreamingListener for UntilOffsets {
+    fn on_batch_completed(&self, batch: &BatchInfo) {
+        if self.commit
+            && let Err(e) = self.offsets.commit(batch.batch_time)
+        {
+            tracing::warn!(error = %e, "offset commit failed (the sink's stored offsets are what counts)");
+        }
+        let Some(ranges) = self.offsets.offset_ranges(batch.batch_time) else {
+            return;
+        };
+        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        for r in ranges {
+            let at = done.entry(r.partition).or_insert(0);
+            *at = (*at).max(r.until);
+        }
+        let total: i64 = done.values().sum();
+        if u64::try_from(total).unwrap_or(0) >= self.lines {
+            self.stop.request_stop(true);
+        }
+    }
+}
+
+fn query_param(url: &str, name: &str) -> Option<String> {
+    let (_, query) = url.split_once('?')?;
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then(|| v.to_owned())
+    })
+}
+
+fn strip_params(url: &str, names: &[&str]) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_owned();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|kv| !names.iter().any(|n| kv.split('=').next() == Some(*n)))
+        .collect();
+    if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    }
+}
+
+/// `ember run wordcount --source kafka://...`.
+pub fn wordcount(run: Run) -> anyhow::Result<ExitCode> {
+    let (bootstrap, topic) = parse_target(&run.source)?;
+    let sink_url = run
+        .kafka
+        .sink
+        .clone()
+        .context("--sink postgres://... or file://DIR is needed with a kafka:// source")?;
+    let interval_ms = run.config.batch_interval_ms;
+    let mut options = KafkaOptions::new(bootstrap, topic.clone());
+    options.max_rate_per_partition = Some(run.kafka.max_rate_per_partition);
+    options.group_id = run.kafka.group_id.clone();
+    options.starting_offsets = match run.kafka.starting_offsets.as_str() {
+        "earliest" => StartingOffsets::Earliest,
+        "latest" => StartingOffsets::Latest,
+        "committed" => StartingOffsets::Committed,
+        other => bail!("--starting-offsets must be earliest, latest or committed, not {other:?}"),
+    };
+    let ctx = StreamingContext::new(run.config.clone()).context("invalid settings")?;
+    let mut restore = None;
+    if let Some(rest) = sink_url
+        .strip_prefix("postgres://")
+        .or_else(|| sink_url.strip_prefix("postgresql://"))
+    {
+        let _ = rest;
+        let table = query_param(&sink_url, "table").unwrap_or_else(|| "word_counts".to_owned());
+        let pipeline =
+            query_param(&sink_url, "pipeline").unwrap_or_else(|| format!("wordcount-{topic}"));
+        let connection = strip_params(&sink_url, &["table", "pipeline"]);
+        let sink = Arc::new(
+            PostgresSink::connect(PostgresOptions::new(connection, table.clone()))
+                .context("opening the PostgreSQL sink")?,
+        );
+        let progress = sink.progress(&pipeline)?;
+        let resume = progress.resume_offsets();
+        if !resume.is_empty() {
+            options.starting_offsets = StartingOffsets::Explicit(resume.clone());
+        }
+        let (lines, offsets) = ctx.kafka_stream(options)?;
+        let counts = lines
+            .flat_map(|line: Str| line.split(' '))
+            .map(|word| (word, 1u64))
+            .reduce_by_key(|a, b| a + b);
+        counts.write_to(&pipeline, Arc::clone(&sink), Some(offsets.clone()));
+        tracing::info!(?progress, "progress stored in PostgreSQL");
+        if let Progress::Partial {
+            time,
+            partitions,
+            committed,
+            offsets: ranges,
+        } = &progress
+        {
+            if *partitions != run.config.partitions {
+                bail!(
+                    "batch {time} was committed for {committed} of {partitions} partitions; restart with --partitions {partitions} to finish it"
+                );
+            }
+            let stream = lines
+                .input_stream_id()
+                .context("the Kafka stream has no input id")?;
+            let alloc = offsets.allocation(stream, *time, ranges)?;
+            restore = Some(Restore {
+                zero: BatchTime::from_millis(time.as_millis().saturating_sub(interval_ms)),
+                scheduler: RestoredState {
+                    last_generated: Some(*time),
+                    pending: vec![alloc],
+                    unallocated: Vec::new(),
+                },
+                ..Restore::default()
+            });
+        } else if let Progress::Complete { time, .. } = &progress {
+            // New batch times must lie after every stored key (a clock that went back
+            // would otherwise make new batches look like committed ones).
+            let now = engine::clock::now_epoch_ms();
+            if now <= time.as_millis() {
+                restore = Some(Restore {
+                    zero: *time,
+                    ..Restore::default()
+                });
+            }
+        }
+        run_until(&ctx, &offsets, &run, restore, resume)?;
+        // The final table, sorted by word.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let rows: Vec<(String, i64)> = rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(
+                &strip_params(&sink_url, &["table", "pipeline"]),
+                tokio_postgres::NoTls,
+            )
+            .await?;
+            tokio::spawn(conn);
+            let rows = client
+                .query(
+                    &format!("SELECT key, value FROM {table} ORDER BY key COLLATE \"C\""),
+                    &[],
+                )
+                .await?;
+            anyhow::Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })?;
+        let mut out = Vec::new();
+        for (k, v) in rows {
+            out.extend_from_slice(format!("{k}\t{v}\n").as_bytes());
+        }
+        crate::wordcount::write_atomically(&run.out, &out)?;
+    } else if let Some(dir) = sink_url.strip_prefix("file://") {
+        let (lines, offsets) = ctx.kafka_stream(options)?;
+        lines
+            .flat_map(|line: Str| line.split(' '))
+            .map(|word| (word, 1u64))
+            .reduce_by_key(|a, b| a + b)
+            .save_as_text_files(PathBuf::from(dir).join("counts"), "");
+        run_until(&ctx, &offsets, &run, None, BTreeMap::new())?;
+        crate::wordcount::write_atomically(&run.out, b"")?;
+    } else {
+        bail!("--sink must be postgres://... or file://DIR, not {sink_url:?}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_until(
+    ctx: &StreamingContext,
+    offsets: &engine::source::kafka::KafkaOffsets,
+    run: &Run,
+    restore: Option<Restore>,
+    resume: BTreeMap<i32, i64>,
+) -> anyhow::Result<()> {
+    let already: i64 = resume.values().sum();
+    ctx.add_listener(Arc::new(UntilOffsets {
+        offsets: offsets.clone(),
+        done: Mutex::new(resume),
+        lines: run.lines,
+        stop: ctx.stop_handle(),
+        commit: run.kafka.commit_offsets,
+    }));
+    ctx.stop_on_signals()?;
+    let started = Instant::now();
+    if u64::try_from(already).unwrap_or(0) >= run.lines && restore.is_none() {
+        eprintln!(
+            "ember: the sink already holds {already} offsets (>= --lines {})",
+            run.lines
+        );
+        return Ok(());
+    }
+    match restore {
+        Some(r) => ctx.start_from(r)?,
+        None => ctx.start()?,
+    }
+    let stopped = ctx.await_termination_timeout(Some(run.timeout));
+    if matches!(stopped, Ok(false)) {
+        ctx.stop(false).ok();
+        bail!(
+            "timed out after {:?} before {} offsets were processed",
+            run.timeout,
+            run.lines
+        );
+    }
+    stopped.context("the pipeline failed")?;
+    let secs = started.elapsed().as_secs_f64();
+    let read = offsets.records_read();
+    println!(
+        "METRICS {}",
+        serde_json::json!({"records_read": read, "seconds": secs,
+            "lines_per_s": read as f64 / secs.max(1e-9), "positions": offsets.positions()})
+    );
+    Ok(())
+}
