@@ -5,3 +5,4 @@
 pub mod faults;
 pub mod moto;
 pub mod processes;
+pub mod servers;
