@@ -335,6 +335,7 @@ impl<T: TextRecord> TextRecord for Vec<T> {
     }
 }
 
+pub mod files;
 pub mod kafka;
 pub mod postgres;
 

@@ -36,7 +36,7 @@ fn gen_topic(bootstrap: &str, topic: &str, lines: u64, expected: &Path) {
 fn spawn_wordcount(
     bootstrap: &str,
     topic: &str,
-    pg: &str,
+    sink: &str,
     lines: u64,
     max_rate: u32,
     out: &Path,
@@ -54,10 +54,7 @@ fn spawn_wordcount(
             "--source",
             &format!("kafka://{bootstrap}/{topic}"),
         ])
-        .args([
-            "--sink",
-            &format!("{pg}?table=word_counts&pipeline=wc-{topic}"),
-        ])
+        .args(["--sink", sink])
         .args([
             "--lines",
             &lines.to_string(),
@@ -75,6 +72,7 @@ fn spawn_wordcount(
         .arg("--out")
         .arg(out)
         .env("RUST_LOG", "warn,engine::sink=info,ember::kafka=info")
+        .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(log))
@@ -126,22 +124,27 @@ fn read_results(pg: &str, pipeline: &str) -> (BTreeMap<String, i64>, BTreeMap<i3
         let partitions: i32 = newest[0].get(1);
         assert_eq!(newest.len(), partitions as usize, "the newest batch is only partly committed");
         let offsets: String = newest[0].get(2);
-        let mut stored = BTreeMap::new();
-        // [{"topic":..,"partition":p,"from":f,"until":u},...]
-        for range in offsets.split('{').skip(1) {
-            let field = |name: &str| -> i64 {
-                let at = range.find(&format!("\"{name}\":")).unwrap() + name.len() + 3;
-                range[at..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_digit() || *c == '-')
-                    .collect::<String>()
-                    .parse()
-                    .unwrap()
-            };
-            stored.insert(field("partition") as i32, field("until"));
-        }
+        let stored = parse_offsets(&offsets);
         (counts, stored)
     })
+}
+
+/// `[{"topic":..,"partition":p,"from":f,"until":u},...]` into partition -> until.
+fn parse_offsets(offsets: &str) -> BTreeMap<i32, i64> {
+    let mut stored = BTreeMap::new();
+    for range in offsets.split('{').skip(1) {
+        let field = |name: &str| -> i64 {
+            let at = range.find(&format!("\"{name}\":")).unwrap() + name.len() + 3;
+            range[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '-')
+                .collect::<String>()
+                .parse()
+                .unwrap()
+        };
+        stored.insert(field("partition") as i32, field("until"));
+    }
+    stored
 }
 
 fn end_offsets(bootstrap: &str, topic: &str) -> BTreeMap<i32, i64> {
@@ -197,6 +200,61 @@ fn check_exact(pg: &Postgres, tansu: &Tansu, topic: &str, expected: &Path, log: 
     );
 }
 
+fn pg_sink(pg: &Postgres, topic: &str) -> String {
+    format!("{}?table=word_counts&pipeline=wc-{topic}", pg.url())
+}
+
+/// Starts the word count `rounds` times and kills each with `kill -9` at a seeded moment,
+/// then runs it to completion.
+fn kill_rounds(
+    tansu: &Tansu,
+    topic: &str,
+    sink: &str,
+    lines: u64,
+    rounds: u32,
+    out: &Path,
+    log: &Path,
+) {
+    let seed: u64 = std::env::var("EMBER_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x006b_6166_6b61);
+    eprintln!("kill seed {seed} (EMBER_KILL_SEED to reproduce)");
+    let mut rng = seed;
+    let mut kills = 0;
+    for round in 0..rounds {
+        // The rate cap (2,500 offsets per partition per second) keeps each run short of the
+        // end, so the kills land in every phase: start-up, reading, counting, committing.
+        let mut child = spawn_wordcount(&tansu.bootstrap(), topic, sink, lines, 2_500, out, log);
+        // Between 0.4 s (during start-up) and 2.4 s (mid-batch, mid-commit).
+        let delay = Duration::from_millis(400 + splitmix(&mut rng) % 2_000);
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_some() {
+            eprintln!("round {round}: finished before the kill");
+            break;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+    }
+    let mut child = spawn_wordcount(&tansu.bootstrap(), topic, sink, lines, 25_000, out, log);
+    let status = wait(&mut child, Duration::from_secs(300));
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(
+        status.success(),
+        "the final run failed ({status}); log:\n{text}"
+    );
+    eprintln!(
+        "{kills} kills; {} restarts re-ran a partly written batch; {} partition writes skipped as already committed",
+        text.matches("Partial {").count(),
+        text.matches("already committed by an earlier run").count()
+    );
+    assert!(
+        kills >= rounds / 2,
+        "only {kills} kills happened before the run completed: the test is too short to prove anything"
+    );
+}
+
 /// A tiny seeded generator (splitmix64) for the kill moments.
 fn splitmix(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -216,60 +274,12 @@ fn kill9_at_20_seeded_moments_gives_exact_counts_and_offsets() {
     let log = dir.path().join("ember.log");
     let out = dir.path().join("counts.tsv");
     // Scaled down from the issue's 1 M lines to keep CI time to a minute or two: the
-    // broker here (tansu on sqlite) takes about 15,000 lines/s in, 11,000 out. The rate cap
-    // (2,500 offsets per partition per second) keeps each run short of the end, so the
-    // kills land in every phase: start-up, reading, counting, committing.
+    // broker here (tansu on sqlite) takes about 15,000 lines/s in, 11,000 out.
     let lines = 200_000u64;
     gen_topic(&tansu.bootstrap(), "lines", lines, &expected);
 
-    let seed: u64 = std::env::var("EMBER_KILL_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x006b_6166_6b61);
-    eprintln!("kill seed {seed} (EMBER_KILL_SEED to reproduce)");
-    let mut rng = seed;
-    let mut kills = 0;
-    for round in 0..20 {
-        let mut child = spawn_wordcount(
-            &tansu.bootstrap(),
-            "lines",
-            &pg.url(),
-            lines,
-            2_500,
-            &out,
-            &log,
-        );
-        // Between 0.4 s (during start-up) and 2.4 s (mid-batch, mid-commit).
-        let delay = Duration::from_millis(400 + splitmix(&mut rng) % 2_000);
-        std::thread::sleep(delay);
-        if child.try_wait().unwrap().is_some() {
-            eprintln!("round {round}: finished before the kill");
-            break;
-        }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        kills += 1;
-    }
-    eprintln!("{kills} kills");
-    let mut child = spawn_wordcount(
-        &tansu.bootstrap(),
-        "lines",
-        &pg.url(),
-        lines,
-        25_000,
-        &out,
-        &log,
-    );
-    let status = wait(&mut child, Duration::from_secs(300));
-    assert!(
-        status.success(),
-        "the final run failed ({status}); log:\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    assert!(
-        kills >= 10,
-        "only {kills} kills happened before the run completed: the test is too short to prove anything"
-    );
+    let sink = pg_sink(&pg, "lines");
+    kill_rounds(&tansu, "lines", &sink, lines, 20, &out, &log);
     check_exact(&pg, &tansu, "lines", &expected, &log);
 }
 
@@ -287,7 +297,7 @@ fn broker_and_postgres_restarts_mid_run_give_exact_counts() {
     let mut child = spawn_wordcount(
         &tansu.bootstrap(),
         "restarts",
-        &pg.url(),
+        &pg_sink(&pg, "restarts"),
         lines,
         5_000,
         &out,
@@ -355,4 +365,171 @@ fn unknown_topic_and_unreachable_broker_are_clear_errors() {
         err.contains(&format!("cannot reach Kafka at 127.0.0.1:{port}")),
         "{err}"
     );
+}
+
+/// The files sink: the sum over every complete batch directory, and the newest complete
+/// batch's offsets.
+fn read_files(dir: &Path) -> (BTreeMap<String, i64>, BTreeMap<i32, i64>) {
+    let mut totals = BTreeMap::new();
+    let mut newest: Option<(u64, String)> = None;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let batch = entry.unwrap().path();
+        let name = batch.file_name().unwrap().to_string_lossy().into_owned();
+        let Some(ms) = name
+            .strip_prefix("batch-")
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if !batch.join("_SUCCESS").exists() {
+            continue;
+        }
+        if newest.as_ref().is_none_or(|(t, _)| ms > *t) {
+            newest = Some((ms, std::fs::read_to_string(batch.join("_OFFSETS")).unwrap()));
+        }
+        for part in std::fs::read_dir(&batch).unwrap() {
+            let part = part.unwrap().path();
+            if !part
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("part-")
+            {
+                continue;
+            }
+            for line in std::fs::read_to_string(&part).unwrap().lines() {
+                let (word, count) = line[1..line.len() - 1].rsplit_once(',').unwrap();
+                *totals.entry(word.to_owned()).or_insert(0) += count.parse::<i64>().unwrap();
+            }
+        }
+    }
+    let (_, offsets) = newest.expect("no complete batch directory");
+    (totals, parse_offsets(&offsets))
+}
+
+#[test]
+fn kill9_with_the_files_sink_gives_exact_counts_and_offsets() {
+    let Some(tansu) = Tansu::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let expected = dir.path().join("expected.tsv");
+    let log = dir.path().join("ember.log");
+    let out = dir.path().join("counts.tsv");
+    let batches = dir.path().join("batches");
+    let lines = 100_000u64;
+    gen_topic(&tansu.bootstrap(), "files", lines, &expected);
+    let sink = format!("file://{}", batches.display());
+    kill_rounds(&tansu, "files", &sink, lines, 10, &out, &log);
+    let (counts, stored) = read_files(&batches);
+    assert!(
+        counts == expected_counts(&expected),
+        "summed batch files differ from the workload's counts"
+    );
+    assert_eq!(stored, end_offsets(&tansu.bootstrap(), "files"));
+}
+
+/// A batch whose last partition fails to commit (a trigger in PostgreSQL raises for it) is
+/// left partly committed; the next run must re-run exactly that batch, skip the committed
+/// partitions and write the missing one, and the counts must still be exact.
+#[test]
+fn a_partly_committed_batch_is_finished_from_postgres_alone() {
+    let (Some(tansu), Some(pg)) = (Tansu::start(), Postgres::start()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let expected = dir.path().join("expected.tsv");
+    let log = dir.path().join("ember.log");
+    let out = dir.path().join("counts.tsv");
+    let lines = 40_000u64;
+    gen_topic(&tansu.bootstrap(), "partial", lines, &expected);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sql = |text: String| {
+        rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            client.batch_execute(&text).await.unwrap();
+        })
+    };
+    // The sink's own table (same DDL as engine::sink::postgres), then a trigger that fails
+    // partition 3 once two batches are stored.
+    sql("CREATE TABLE ember_batches (
+            pipeline text NOT NULL, batch_time_ms bigint NOT NULL, partition integer NOT NULL,
+            partitions integer NOT NULL, offsets text NOT NULL, records bigint NOT NULL,
+            committed_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (pipeline, batch_time_ms, partition));
+         CREATE FUNCTION ember_test_fail() RETURNS trigger AS $$ BEGIN
+             IF NEW.partition = 3 AND (SELECT count(*) FROM ember_batches) >= 8 THEN
+                 RAISE EXCEPTION 'injected failure for partition 3';
+             END IF;
+             RETURN NEW;
+         END $$ LANGUAGE plpgsql;
+         CREATE TRIGGER ember_test_fail BEFORE INSERT ON ember_batches
+             FOR EACH ROW EXECUTE FUNCTION ember_test_fail();"
+        .to_owned());
+    let sink = pg_sink(&pg, "partial");
+    let mut child = spawn_wordcount(
+        &tansu.bootstrap(),
+        "partial",
+        &sink,
+        lines,
+        5_000,
+        &out,
+        &log,
+    );
+    let status = wait(&mut child, Duration::from_secs(120));
+    assert!(
+        !status.success(),
+        "the injected failure did not fail the run"
+    );
+    let rows: Vec<(i64, i64)> = rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+            .query(
+                "SELECT batch_time_ms, count(*) FROM ember_batches GROUP BY 1 ORDER BY 1 DESC LIMIT 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    });
+    assert_eq!(
+        rows[0].1, 3,
+        "the newest batch should be committed for 3 of 4 partitions"
+    );
+    sql("DROP TRIGGER ember_test_fail ON ember_batches".to_owned());
+    let mut child = spawn_wordcount(
+        &tansu.bootstrap(),
+        "partial",
+        &sink,
+        lines,
+        5_000,
+        &out,
+        &log,
+    );
+    let status = wait(&mut child, Duration::from_secs(120));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        status.success(),
+        "the resumed run failed ({status}); log:\n{text}"
+    );
+    assert!(
+        text.contains("Partial {"),
+        "the restart did not see the partial batch; log:\n{text}"
+    );
+    assert!(
+        text.contains("skipped=3"),
+        "the re-run did not skip the 3 committed partitions; log:\n{text}"
+    );
+    check_exact(&pg, &tansu, "partial", &expected, &log);
 }

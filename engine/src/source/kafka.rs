@@ -396,6 +396,9 @@ fn stored_block(stream: StreamId, time: BatchTime, range: &OffsetRange) -> Resul
         id: block_id(stream, time, range.partition),
         records: range.span(),
         len_bytes: 0,
+        source_offsets: Some(
+            u64::try_from(range.from).unwrap_or(0)..u64::try_from(range.until).unwrap_or(0),
+        ),
         locator: postcard::to_stdvec(&locator).map_err(|e| Error::Receiver {
             stream: format!("kafka {}", range.topic),
             message: format!("cannot encode an offset range: {e}"),

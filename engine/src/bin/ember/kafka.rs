@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use engine::scheduler::RestoredState;
+use engine::sink::files::FileSink;
 use engine::sink::postgres::{PostgresOptions, PostgresSink, Progress};
 use engine::source::kafka::{KafkaOptions, StartingOffsets};
 use engine::workload::{StreamConfig, Workload};
@@ -37,8 +38,8 @@ pub fn parse_target(target: &str) -> anyhow::Result<(String, String)> {
 pub struct KafkaArgs {
     /// Where the counts go (with a kafka:// source): `postgres://USER@HOST:PORT/DB?table=T&pipeline=NAME`
     /// (exactly-once, running totals; resumes from the offsets stored there) or
-    /// `file://DIR` (each batch's counts in DIR/counts-<batch ms>/, rewritten identically
-    /// when a batch re-runs).
+    /// `file://DIR` (each batch's counts in DIR/batch-<batch ms>/ with its offsets, rewritten
+    /// identically when a batch re-runs; resumes from there too).
     #[arg(long)]
     pub sink: Option<String>,
     /// At most this many offsets per Kafka partition per second of batch interval.
@@ -228,6 +229,15 @@ fn strip_params(url: &str, names: &[&str]) -> String {
     }
 }
 
+enum Output {
+    Postgres {
+        sink: Arc<PostgresSink>,
+        connection: String,
+        table: String,
+    },
+    Files(Arc<FileSink>),
+}
+
 /// `ember run wordcount --source kafka://...`.
 pub fn wordcount(run: Run) -> anyhow::Result<ExitCode> {
     let (bootstrap, topic) = parse_target(&run.source)?;
@@ -246,45 +256,65 @@ pub fn wordcount(run: Run) -> anyhow::Result<ExitCode> {
         "committed" => StartingOffsets::Committed,
         other => bail!("--starting-offsets must be earliest, latest or committed, not {other:?}"),
     };
+    let pipeline =
+        query_param(&sink_url, "pipeline").unwrap_or_else(|| format!("wordcount-{topic}"));
+    let (output, progress) =
+        if sink_url.starts_with("postgres://") || sink_url.starts_with("postgresql://") {
+            let table = query_param(&sink_url, "table").unwrap_or_else(|| "word_counts".to_owned());
+            let connection = strip_params(&sink_url, &["table", "pipeline"]);
+            let sink = Arc::new(
+                PostgresSink::connect(PostgresOptions::new(connection.clone(), table.clone()))
+                    .context("opening the PostgreSQL sink")?,
+            );
+            let progress = sink.progress(&pipeline)?;
+            (
+                Output::Postgres {
+                    sink,
+                    connection,
+                    table,
+                },
+                progress,
+            )
+        } else if let Some(dir) = sink_url.strip_prefix("file://") {
+            let sink = Arc::new(FileSink::new(strip_params(dir, &["pipeline"]))?);
+            let progress = sink.progress()?;
+            (Output::Files(sink), progress)
+        } else {
+            bail!("--sink must be postgres://... or file://DIR, not {sink_url:?}");
+        };
+    tracing::info!(?progress, "progress stored in the sink");
+    let resume = progress.resume_offsets();
+    if !resume.is_empty() {
+        options.starting_offsets = StartingOffsets::Explicit(resume.clone());
+    }
+
     let ctx = StreamingContext::new(run.config.clone()).context("invalid settings")?;
-    let mut restore = None;
-    if let Some(rest) = sink_url
-        .strip_prefix("postgres://")
-        .or_else(|| sink_url.strip_prefix("postgresql://"))
-    {
-        let _ = rest;
-        let table = query_param(&sink_url, "table").unwrap_or_else(|| "word_counts".to_owned());
-        let pipeline =
-            query_param(&sink_url, "pipeline").unwrap_or_else(|| format!("wordcount-{topic}"));
-        let connection = strip_params(&sink_url, &["table", "pipeline"]);
-        let sink = Arc::new(
-            PostgresSink::connect(PostgresOptions::new(connection, table.clone()))
-                .context("opening the PostgreSQL sink")?,
-        );
-        let progress = sink.progress(&pipeline)?;
-        let resume = progress.resume_offsets();
-        if !resume.is_empty() {
-            options.starting_offsets = StartingOffsets::Explicit(resume.clone());
+    let (lines, offsets) = ctx.kafka_stream(options)?;
+    let counts = lines
+        .flat_map(|line: Str| line.split(' '))
+        .map(|word| (word, 1u64))
+        .reduce_by_key(|a, b| a + b);
+    match &output {
+        Output::Postgres { sink, .. } => {
+            counts.write_to(&pipeline, Arc::clone(sink), Some(offsets.clone()))
         }
-        let (lines, offsets) = ctx.kafka_stream(options)?;
-        let counts = lines
-            .flat_map(|line: Str| line.split(' '))
-            .map(|word| (word, 1u64))
-            .reduce_by_key(|a, b| a + b);
-        counts.write_to(&pipeline, Arc::clone(&sink), Some(offsets.clone()));
-        tracing::info!(?progress, "progress stored in PostgreSQL");
-        if let Progress::Partial {
+        Output::Files(sink) => counts.write_to(&pipeline, Arc::clone(sink), Some(offsets.clone())),
+    }
+
+    let mut restore = None;
+    match &progress {
+        Progress::Partial {
             time,
             partitions,
             committed,
             offsets: ranges,
-        } = &progress
-        {
-            if *partitions != run.config.partitions {
+        } => {
+            if *partitions != 0 && *partitions != run.config.partitions {
                 bail!(
                     "batch {time} was committed for {committed} of {partitions} partitions; restart with --partitions {partitions} to finish it"
                 );
             }
+            // Re-run the partly written batch first, at its time, over exactly its ranges.
             let stream = lines
                 .input_stream_id()
                 .context("the Kafka stream has no input id")?;
@@ -295,58 +325,82 @@ pub fn wordcount(run: Run) -> anyhow::Result<ExitCode> {
                     last_generated: Some(*time),
                     pending: vec![alloc],
                     unallocated: Vec::new(),
+                    remembered: Vec::new(),
                 },
                 ..Restore::default()
             });
-        } else if let Progress::Complete { time, .. } = &progress {
+        }
+        Progress::Complete { time, .. } => {
             // New batch times must lie after every stored key (a clock that went back
             // would otherwise make new batches look like committed ones).
-            let now = engine::clock::now_epoch_ms();
-            if now <= time.as_millis() {
+            if engine::clock::now_epoch_ms() <= time.as_millis() {
                 restore = Some(Restore {
                     zero: *time,
                     ..Restore::default()
                 });
             }
         }
-        run_until(&ctx, &offsets, &run, restore, resume)?;
-        // The final table, sorted by word.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let rows: Vec<(String, i64)> = rt.block_on(async {
-            let (client, conn) = tokio_postgres::connect(
-                &strip_params(&sink_url, &["table", "pipeline"]),
-                tokio_postgres::NoTls,
-            )
-            .await?;
-            tokio::spawn(conn);
-            let rows = client
-                .query(
-                    &format!("SELECT key, value FROM {table} ORDER BY key COLLATE \"C\""),
-                    &[],
-                )
-                .await?;
-            anyhow::Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-        })?;
-        let mut out = Vec::new();
-        for (k, v) in rows {
-            out.extend_from_slice(format!("{k}\t{v}\n").as_bytes());
-        }
-        crate::wordcount::write_atomically(&run.out, &out)?;
-    } else if let Some(dir) = sink_url.strip_prefix("file://") {
-        let (lines, offsets) = ctx.kafka_stream(options)?;
-        lines
-            .flat_map(|line: Str| line.split(' '))
-            .map(|word| (word, 1u64))
-            .reduce_by_key(|a, b| a + b)
-            .save_as_text_files(PathBuf::from(dir).join("counts"), "");
-        run_until(&ctx, &offsets, &run, None, BTreeMap::new())?;
-        crate::wordcount::write_atomically(&run.out, b"")?;
-    } else {
-        bail!("--sink must be postgres://... or file://DIR, not {sink_url:?}");
+        Progress::Empty => {}
     }
+    run_until(&ctx, &offsets, &run, restore, resume)?;
+
+    // --out: the final counts, sorted by word.
+    let mut rows: Vec<(String, i64)> = match &output {
+        Output::Postgres {
+            connection, table, ..
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let (client, conn) =
+                    tokio_postgres::connect(connection, tokio_postgres::NoTls).await?;
+                tokio::spawn(conn);
+                let rows = client
+                    .query(&format!("SELECT key, value FROM {table}"), &[])
+                    .await?;
+                anyhow::Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+            })?
+        }
+        Output::Files(sink) => sum_batches(sink.dir())?,
+    };
+    rows.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let mut out = Vec::new();
+    for (k, v) in rows {
+        out.extend_from_slice(format!("{k}\t{v}\n").as_bytes());
+    }
+    crate::wordcount::write_atomically(&run.out, &out)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The sum of `(word,count)` lines over every complete batch directory.
+fn sum_batches(dir: &std::path::Path) -> anyhow::Result<Vec<(String, i64)>> {
+    let mut totals: BTreeMap<String, i64> = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let batch = entry?.path();
+        if !batch.join("_SUCCESS").exists() {
+            continue;
+        }
+        for part in std::fs::read_dir(&batch)? {
+            let part = part?.path();
+            if !part
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("part-"))
+            {
+                continue;
+            }
+            let text = std::fs::read_to_string(&part)
+                .with_context(|| format!("reading {}", part.display()))?;
+            for line in text.lines() {
+                let inner = line.strip_prefix('(').and_then(|l| l.strip_suffix(')'));
+                let Some((word, count)) = inner.and_then(|l| l.rsplit_once(',')) else {
+                    bail!("{}: not a (word,count) line: {line:?}", part.display());
+                };
+                *totals.entry(word.to_owned()).or_insert(0) += count.parse::<i64>()?;
+            }
+        }
+    }
+    Ok(totals.into_iter().collect())
 }
 
 fn run_until(
