@@ -5,6 +5,7 @@
 
 mod common;
 
+#[allow(dead_code)] // the shared fixture; not every test file uses all of it
 #[path = "../../tests/src/moto.rs"]
 mod moto;
 

@@ -284,6 +284,7 @@ fn wal_mode_restart_recomputes_identical_output() {
     }
 }
 
+#[allow(dead_code)] // the shared fixture; not every test file uses all of it
 #[path = "../../tests/src/moto.rs"]
 mod moto;
 

@@ -75,18 +75,42 @@ impl Moto {
                 );
                 return None;
             };
-            Some(Moto::start(&binary).unwrap_or_else(|e| panic!("moto_server did not start: {e}")))
+            Some(
+                Moto::start(&binary, false)
+                    .unwrap_or_else(|e| panic!("moto_server did not start: {e}")),
+            )
         })
         .as_ref()
     }
 
-    fn start(binary: &std::path::Path) -> std::io::Result<Moto> {
+    /// A second server of the process that enforces authentication (moto's
+    /// `INITIAL_NO_AUTH_ACTION_COUNT=0`): every request signed with keys it does not know
+    /// is refused with `InvalidAccessKeyId`, as S3 refuses wrong credentials. `None` like
+    /// [`Moto::shared`].
+    pub fn with_auth() -> Option<&'static Moto> {
+        static MOTO: OnceLock<Option<Moto>> = OnceLock::new();
+        MOTO.get_or_init(|| {
+            let binary = moto_binary()?;
+            Some(
+                Moto::start(&binary, true)
+                    .unwrap_or_else(|e| panic!("moto_server (with auth) did not start: {e}")),
+            )
+        })
+        .as_ref()
+    }
+
+    fn start(binary: &std::path::Path, auth: bool) -> std::io::Result<Moto> {
         let port = free_port()?;
         // The server lives as long as this process: the shell waits on its stdin, which is
         // this process's pipe; when the test process exits (even killed) the pipe closes
         // and the shell kills the server.
+        let env = if auth {
+            "INITIAL_NO_AUTH_ACTION_COUNT=0 "
+        } else {
+            ""
+        };
         let script = format!(
-            "\"{}\" -H 127.0.0.1 -p {port} >/dev/null 2>&1 & pid=$!; read _; kill $pid",
+            "{env}\"{}\" -H 127.0.0.1 -p {port} >/dev/null 2>&1 & pid=$!; read _; kill $pid",
             binary.display()
         );
         let child = Command::new("sh")
@@ -100,6 +124,8 @@ impl Moto {
         loop {
             match http(port, "PUT", &format!("/{BUCKET}")) {
                 Ok(200) => break,
+                // With authentication, the unsigned request is refused: the server is up.
+                Ok(_) if auth => break,
                 Ok(code) => {
                     return Err(std::io::Error::other(format!(
                         "creating bucket {BUCKET} answered HTTP {code}"

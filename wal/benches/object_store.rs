@@ -27,6 +27,7 @@
 //! s3-per-record) carry over.
 #![allow(clippy::print_stdout, clippy::unwrap_used)] // a benchmark's job is to print a table
 
+#[allow(dead_code)] // the shared fixture; not every test file uses all of it
 #[path = "../../tests/src/moto.rs"]
 mod moto;
 

@@ -292,6 +292,22 @@ fn start_up_errors_name_the_url_and_the_setting() {
     let text = err.to_string();
     assert!(text.contains("s3://no-such-bucket-here/wal"), "{text}");
     assert!(text.contains("bucket does not exist"), "{text}");
+    // Credentials the server does not know: refused, and the error names the settings.
+    if let Some(auth) = moto::Moto::with_auth() {
+        let options = ObjectOptions {
+            s3: auth.s3_settings(),
+            ..Default::default()
+        };
+        let url = StorageUrl::parse("s3://ember-test/denied").unwrap();
+        let err = Wal::open_url(&url, &options, config()).unwrap_err();
+        assert!(matches!(err, Error::StorageUnavailable { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("s3://ember-test/denied"), "{text}");
+        assert!(
+            text.contains("credentials were refused") && text.contains("AWS_ACCESS_KEY_ID"),
+            "{text}"
+        );
+    }
     // And an http endpoint without AWS_ALLOW_HTTP is refused with the setting named.
     let mut no_http = moto.s3_settings();
     no_http.retain(|(k, _)| k != "aws_allow_http");
