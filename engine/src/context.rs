@@ -560,6 +560,23 @@ impl StreamingContext {
             .iter()
             .map(|a| (a.time, a.clone()))
             .collect();
+        // Direct inputs continue planning after what the recovered batches read.
+        for (id, input) in &direct {
+            let mut recovered: Vec<&Allocation> = restore
+                .scheduler
+                .remembered
+                .iter()
+                .chain(&restore.scheduler.pending)
+                .collect();
+            recovered.sort_by_key(|a| a.time);
+            let blocks: Vec<StoredBlock> = recovered
+                .into_iter()
+                .flat_map(|a| a.blocks.get(id).into_iter().flatten().cloned())
+                .collect();
+            if !blocks.is_empty() {
+                input.recovered(restore.zero, &blocks);
+            }
+        }
         let mut pending_allocations = pending_allocations;
         for a in &restore.scheduler.remembered {
             pending_allocations.insert(a.time, a.clone());

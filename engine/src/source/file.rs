@@ -56,7 +56,8 @@ pub(crate) fn locator_path(stored: &StoredBlock) -> Option<PathBuf> {
 
 pub(crate) struct FileInput {
     pub dir: PathBuf,
-    pub start_ms: u64,
+    /// When the stream started (the original grid's zero after a restart).
+    pub start_ms: AtomicU64,
     pub remember_ms: u64,
     pub reader: Arc<FileReader>,
     pub seen: Mutex<HashMap<PathBuf, u64>>,
@@ -73,7 +74,7 @@ impl FileInput {
     ) -> Self {
         FileInput {
             dir,
-            start_ms,
+            start_ms: AtomicU64::new(start_ms),
             remember_ms,
             reader: Arc::new(FileReader {
                 name,
@@ -96,10 +97,25 @@ impl DirectInput for FileInput {
         Arc::clone(&self.reader) as Arc<dyn ReceivedBlockHandler>
     }
 
+    fn recovered(&self, zero: BatchTime, blocks: &[StoredBlock]) {
+        // Files of recovered batches were read already (re-runs read them from their
+        // locators), and files written while the pipeline was down count as new.
+        self.start_ms.store(zero.as_millis(), Ordering::Relaxed);
+        let mut seen = lock(&self.seen);
+        for b in blocks {
+            if let Ok(l) = postcard::from_bytes::<FileLocator>(&b.locator) {
+                seen.insert(l.path, l.modified_ms);
+            }
+            self.next_seq
+                .fetch_max(b.id.seq.saturating_add(1), Ordering::Relaxed);
+        }
+    }
+
     fn plan(&self, stream: StreamId, time: BatchTime) -> Result<Vec<StoredBlock>> {
         let now = time.as_millis();
         let threshold = self
             .start_ms
+            .load(Ordering::Relaxed)
             .saturating_sub(MTIME_SLACK_MS)
             .max(now.saturating_sub(self.remember_ms));
         let mut seen = lock(&self.seen);

@@ -56,6 +56,12 @@ pub(crate) trait DirectInput: Send + Sync + 'static {
     /// batch is generated.
     fn plan(&self, stream: StreamId, time: BatchTime) -> Result<Vec<StoredBlock>>;
 
+    /// Called once before the first batch of a restarted context with `zero`, the
+    /// original grid's origin, and every block of this stream in the recovered
+    /// allocations (re-run or remembered), oldest batch first: where the input stopped
+    /// planning, so the next plan continues from there instead of starting over.
+    fn recovered(&self, _zero: BatchTime, _blocks: &[StoredBlock]) {}
+
     /// Invalid records seen so far (for metrics).
     fn invalid_records(&self) -> u64 {
         0
