@@ -7,6 +7,7 @@
 //! of a directory) and records that as the batch's blocks; the bytes are read when the batch
 //! runs. Either way a batch is a list of blocks per stream, and is recomputed from them.
 
+pub mod ack;
 pub(crate) mod file;
 pub mod kafka;
 pub(crate) mod queue;

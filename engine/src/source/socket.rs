@@ -11,6 +11,21 @@
 //! `reconnect_backoff_max_ms`; after `reconnect_attempts_max` failed attempts in a row it
 //! fails (the context stops with the error). A line cut off by the end of a connection is
 //! still a record (as Java's `readLine`); a partial line at a stop is dropped and logged.
+//!
+//! # Acknowledged mode
+//!
+//! With [`SocketOptions::acknowledged`] the receiver speaks the protocol of [`super::ack`]
+//! with its sender (`ember gen --ack`): on each connection it first says where to resume (the
+//! end of what it durably holds: on a first start 0, after a restart the stream's
+//! [`crate::Restore::resume_offsets`], after a reconnect its last stored line), and reads the
+//! sender's header. Every block carries its line numbers as
+//! [`crate::StoredBlock::source_offsets`], and `ACK <end>` goes back to the sender only after
+//! the store of the block ending at `end` resolved, that is, once the stream's durability
+//! mode holds for it (and so, through the metadata log, a restart resumes past it). A
+//! partial line at the end of a connection is dropped (the sender resends it); a sender's
+//! refusal, or a header that does not resume where asked, fails the receiver (the context
+//! stops with the reason). Once every line of the stream is stored, the receiver stays idle
+//! until the context stops.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,9 +33,10 @@ use std::time::{Duration, Instant};
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::ack;
 use super::receiver::ReceiverShared;
 use super::text::check_lines;
 use crate::error::{Error, Result};
@@ -32,6 +48,19 @@ use crate::metrics::ReceiverState;
 pub struct SocketOptions {
     /// Stop the receiver (instead of reconnecting) when the sender closes the connection.
     pub stop_at_end_of_stream: bool,
+    /// Speak the acknowledged protocol (see the module docs): number the lines, resume where
+    /// the durable blocks end, acknowledge stored lines.
+    pub acknowledged: bool,
+}
+
+impl SocketOptions {
+    /// Options for the acknowledged protocol.
+    pub fn acknowledged() -> Self {
+        SocketOptions {
+            acknowledged: true,
+            ..SocketOptions::default()
+        }
+    }
 }
 
 enum ConnectionEnd {
@@ -39,6 +68,17 @@ enum ConnectionEnd {
     EndOfStream,
     /// The context asked the receiver to stop.
     Stopped,
+    /// Acknowledged mode: every line of the stream is stored.
+    Complete,
+}
+
+/// How long a sender has to answer the acknowledged handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The acknowledged mode's position, kept across connections.
+struct AckPosition {
+    /// One past the last line stored durably (what the next connection resumes from).
+    durable_end: u64,
 }
 
 pub(crate) async fn run(
@@ -47,6 +87,9 @@ pub(crate) async fn run(
     options: SocketOptions,
 ) -> Result<()> {
     let config = Arc::clone(&shared.config);
+    let mut ack = options.acknowledged.then(|| AckPosition {
+        durable_end: shared.resume_offset.unwrap_or(0),
+    });
     let mut failures = 0u32;
     let mut backoff_ms = config.reconnect_backoff_initial_ms;
     loop {
@@ -69,8 +112,15 @@ pub(crate) async fn run(
                 shared.set_state(ReceiverState::Receiving {
                     source: address.clone(),
                 });
-                match receive(&shared, &address, stream).await {
+                match receive(&shared, &address, stream, ack.as_mut()).await {
                     Ok(ConnectionEnd::Stopped) => return Ok(()),
+                    Ok(ConnectionEnd::Complete) => {
+                        shared.set_state(ReceiverState::Receiving {
+                            source: format!("{address} (every line stored)"),
+                        });
+                        shared.stopped().await;
+                        return Ok(());
+                    }
                     Ok(ConnectionEnd::EndOfStream) if options.stop_at_end_of_stream => {
                         return Ok(());
                     }
@@ -110,10 +160,114 @@ pub(crate) async fn run(
     }
 }
 
+/// The acknowledged mode of one connection.
+struct AckSession<'a> {
+    position: &'a mut AckPosition,
+    /// The line number of the first line in the receive buffer.
+    next_line: u64,
+    /// One past the stream's last line (from the header).
+    end: u64,
+    writer: tokio::net::tcp::WriteHalf<'a>,
+}
+
+impl AckSession<'_> {
+    /// Acknowledges every line before `end` (its block is stored).
+    async fn ack(&mut self, shared: &ReceiverShared, address: &str, end: u64) -> Result<()> {
+        self.position.durable_end = end;
+        let mut line = Vec::new();
+        ack::ToSender::Ack { end }.encode(&mut line);
+        self.writer
+            .write_all(&line)
+            .await
+            .map_err(|source| Error::Network {
+                stream: shared.name.clone(),
+                operation: "acknowledge to",
+                address: address.to_owned(),
+                source,
+            })
+    }
+}
+
+/// The acknowledged handshake: says where to resume, reads the header. Returns the stream's
+/// end; what the sender sent after the header stays in `buf`.
+async fn handshake(
+    shared: &ReceiverShared,
+    address: &str,
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    from: u64,
+) -> Result<u64> {
+    let network = |operation, source| Error::Network {
+        stream: shared.name.clone(),
+        operation,
+        address: address.to_owned(),
+        source,
+    };
+    let fatal = |message: String| Error::Receiver {
+        stream: shared.name.clone(),
+        message: format!("acknowledged source {address}: {message}"),
+    };
+    let mut hello = Vec::new();
+    ack::ToSender::Resume { from }.encode(&mut hello);
+    stream
+        .write_all(&hello)
+        .await
+        .map_err(|e| network("send the resume request to", e))?;
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    loop {
+        match ack::decode_to_receiver(buf) {
+            Ok(Some((header, used))) => {
+                buf.drain(..used);
+                return match header {
+                    ack::ToReceiver::Refused { reason } => Err(fatal(format!(
+                        "the sender refused to resume at line {from}: {reason}"
+                    ))),
+                    ack::ToReceiver::Header { from: got, end } if got == from => Ok(end),
+                    ack::ToReceiver::Header { from: got, .. } => Err(fatal(format!(
+                        "asked to resume at line {from}, the sender resumed at line {got}"
+                    ))),
+                };
+            }
+            Ok(None) => {}
+            // Not our protocol (a plain `ember gen` without --ack, say): never guess.
+            Err(e) => {
+                return Err(fatal(format!(
+                    "bad handshake: {e} (is the sender `ember gen --ack`?)"
+                )));
+            }
+        }
+        let read = tokio::select! {
+            biased;
+            () = shared.stopped() => return Err(fatal("stopped during the handshake".into())),
+            r = tokio::time::timeout_at(deadline.into(), stream.read_buf(buf)) => r,
+        };
+        match read {
+            Err(_) => {
+                return Err(network(
+                    "read the handshake from",
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no header within {HANDSHAKE_TIMEOUT:?}"),
+                    ),
+                ));
+            }
+            Ok(Ok(0)) => {
+                return Err(network(
+                    "read the handshake from",
+                    std::io::ErrorKind::UnexpectedEof.into(),
+                ));
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(network("read the handshake from", e)),
+        }
+    }
+}
+
 async fn receive(
     shared: &ReceiverShared,
     address: &str,
     mut stream: TcpStream,
+    ack_position: Option<&mut AckPosition>,
 ) -> Result<ConnectionEnd> {
     let config = &shared.config;
     let chunk = config.socket_read_chunk_bytes;
@@ -133,6 +287,29 @@ async fn receive(
         address: address.to_owned(),
         source,
     };
+    let mut session = match ack_position {
+        None => None,
+        Some(position) => {
+            let from = position.durable_end;
+            let end = handshake(shared, address, &mut stream, &mut buf, from).await?;
+            if from == end {
+                return Ok(ConnectionEnd::Complete);
+            }
+            tracing::info!(stream = %shared.name, %address, from, end, "acknowledged source resumes");
+            Some((from, end, position))
+        }
+    };
+    let (mut reader, writer) = stream.split();
+    let mut ack = session.take().map(|(from, end, position)| AckSession {
+        position,
+        next_line: from,
+        end,
+        writer,
+    });
+    if !buf.is_empty() {
+        // Data that came with the header.
+        block_started = Some(Instant::now());
+    }
     loop {
         if buf.capacity() - buf.len() < chunk {
             // Only a line longer than a block gets here.
@@ -142,7 +319,7 @@ async fn receive(
         let read = tokio::select! {
             biased;
             () = shared.stopped() => None,
-            r = stream.read_buf(&mut buf) => Some(r.map_err(network)?),
+            r = reader.read_buf(&mut buf) => Some(r.map_err(network)?),
             () = sleep_until(deadline), if deadline.is_some() => Some(usize::MAX),
         };
         match read {
@@ -153,14 +330,26 @@ async fn receive(
                     tracing::warn!(stream = %shared.name, bytes = buf.len() - complete, "dropping a partial last line at stop");
                 }
                 let (block, _) = cut(&pool, &mut buf, complete);
-                store_lines(shared, address, block, &mut next_line).await?;
+                store_lines(shared, address, block, &mut next_line, ack.as_mut()).await?;
                 return Ok(ConnectionEnd::Stopped);
             }
             Some(0) => {
-                // End of stream: the last line counts even without its newline.
-                let len = buf.len();
+                // End of stream: the last line counts even without its newline, except in
+                // acknowledged mode, where the sender always ends its lines and a cut line
+                // is resent on the next connection.
+                let len = if ack.is_some() {
+                    complete_len(&buf)
+                } else {
+                    buf.len()
+                };
                 let (block, _) = cut(&pool, &mut buf, len);
-                store_lines(shared, address, block, &mut next_line).await?;
+                store_lines(shared, address, block, &mut next_line, ack.as_mut()).await?;
+                if let Some(ack) = &ack {
+                    if ack.next_line >= ack.end {
+                        return Ok(ConnectionEnd::Complete);
+                    }
+                    tracing::warn!(stream = %shared.name, %address, line = ack.next_line, end = ack.end, "the sender closed before the end of the stream");
+                }
                 return Ok(ConnectionEnd::EndOfStream);
             }
             Some(n) => {
@@ -173,7 +362,7 @@ async fn receive(
                 if due && complete > 0 {
                     let (block, rest) = cut(&pool, &mut buf, complete);
                     block_started = (rest > 0).then(Instant::now);
-                    store_lines(shared, address, block, &mut next_line).await?;
+                    store_lines(shared, address, block, &mut next_line, ack.as_mut()).await?;
                 }
             }
         }
@@ -263,6 +452,7 @@ async fn store_lines(
     address: &str,
     mut lines: Bytes,
     next_line: &mut u64,
+    mut ack: Option<&mut AckSession<'_>>,
 ) -> Result<()> {
     let per_block = shared
         .limiter
@@ -287,10 +477,35 @@ async fn store_lines(
         )?;
         *next_line += lines_in_raw;
         shared.count_invalid(checked.invalid);
-        if checked.records > 0 {
-            shared
-                .store_block(checked.bytes, checked.records, None)
-                .await?;
+        match ack.as_deref_mut() {
+            None if checked.records > 0 => {
+                shared
+                    .store_block(checked.bytes, checked.records, None)
+                    .await?;
+            }
+            None => {}
+            Some(ack) => {
+                let offsets = ack.next_line..ack.next_line + lines_in_raw;
+                if offsets.end > ack.end {
+                    return Err(Error::Receiver {
+                        stream: shared.name.clone(),
+                        message: format!(
+                            "acknowledged source {address} sent lines past the end it announced ({})",
+                            ack.end
+                        ),
+                    });
+                }
+                ack.next_line = offsets.end;
+                // Lines dropped as invalid are not acknowledged (no block holds them): they
+                // are resent, and dropped again, after a reconnect.
+                if checked.records > 0 {
+                    let end = offsets.end;
+                    shared
+                        .store_block(checked.bytes, checked.records, Some(offsets))
+                        .await?;
+                    ack.ack(shared, address, end).await?;
+                }
+            }
         }
     }
     Ok(())

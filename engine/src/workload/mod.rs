@@ -53,6 +53,7 @@
 //! [`serve`] puts the lines on a TCP connection the way the baseline's generator does, and
 //! [`process`] runs that server as a child process (`ember gen`).
 
+pub mod acked;
 mod counts;
 pub mod process;
 mod rng;
@@ -137,6 +138,29 @@ pub enum Error {
         /// The cause.
         #[source]
         source: io::Error,
+    },
+    /// A receiver asked to resume before a line it had acknowledged: acknowledged data was
+    /// lost (see [`acked`]).
+    #[error(
+        "acknowledged lines were lost: receiver {peer} asked to resume at line {resume_from}, \
+         but it had acknowledged every line before {acked}"
+    )]
+    AckedLinesLost {
+        /// The receiver.
+        peer: SocketAddr,
+        /// Where it asked to resume.
+        resume_from: u64,
+        /// Where its acknowledgements had reached.
+        acked: u64,
+    },
+    /// A receiver broke the acknowledged protocol in a way that makes its acknowledgements
+    /// untrustworthy (see [`acked`]).
+    #[error("acknowledged protocol violated by receiver {peer}: {message}")]
+    AckProtocol {
+        /// The receiver.
+        peer: SocketAddr,
+        /// What it did.
+        message: String,
     },
     /// A generator child process misbehaved (see [`process`]).
     #[error("generator process: {reason}")]

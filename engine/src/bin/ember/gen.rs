@@ -2,8 +2,8 @@
 //! generator, or written to a file.
 //!
 //! stdout carries only the protocol of `engine::workload::serve` (a `READY` line once
-//! listening, a `GENSTATS {json}` line at the end) or, with `--dump --out -`, the lines
-//! themselves; messages go to stderr.
+//! listening, a `GENSTATS {json}` line at the end; with `--ack`, `ACKSTATS {json}` instead)
+//! or, with `--dump --out -`, the lines themselves; messages go to stderr.
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use engine::workload::acked::{AckedConfig, AckedServer};
 use engine::workload::serve::{DataMode, LineServer, ServeConfig};
 use engine::workload::{
     DEFAULT_SEED, DEFAULT_VOCAB_SIZE, DEFAULT_WORDS_PER_LINE, DEFAULT_ZIPF_S, StreamConfig,
@@ -32,7 +33,17 @@ Examples:
   ember gen --port 0 --lines 50000000 --stream        # bounded memory; prints the port it got
   ember gen --lines 2000000 --expected-only --out expected.tsv
   ember gen --lines 1000 --dump --out -               # the lines themselves, on stdout
-  ember gen --kafka 127.0.0.1:9092/lines --partitions 4 --lines 1000000")]
+  ember gen --kafka 127.0.0.1:9092/lines --partitions 4 --lines 1000000
+  ember gen --port 9999 --lines 1000000 --ack --expected expected.tsv
+      # acknowledged and resumable: for `ember run wordcount --source tcp://HOST:9999?ack=1`
+
+With --ack the generator speaks the acknowledged protocol (engine::source::ack): the receiver
+says where to resume, lines are numbered by position, the receiver acknowledges lines once
+they are stored durably, and after a disconnect the generator waits for the next connection.
+It serves until every line is acknowledged and no connection came for --linger-s seconds,
+then prints ACKSTATS {json} and exits 0. It exits non-zero with an error if a receiver asks
+to resume before a line it had acknowledged (acknowledged lines were lost), or acknowledges
+lines it was never sent.")]
 pub struct Args {
     /// TCP port to listen on; 0 picks a free port (printed in the READY line).
     #[arg(long, required_unless_present_any = ["expected_only", "dump", "kafka"])]
@@ -85,6 +96,12 @@ pub struct Args {
     /// Seconds to wait, after the last line, for the client to close its side.
     #[arg(long, value_name = "SECONDS", default_value_t = 900)]
     close_timeout_s: u64,
+    /// Serve reliably: the acknowledged, resumable protocol (see below).
+    #[arg(long, conflicts_with_all = ["expected_only", "dump", "stream"])]
+    ack: bool,
+    /// With --ack: seconds to keep listening once every line is acknowledged.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, requires = "ack")]
+    linger_s: u64,
 }
 
 /// Runs `ember gen`.
@@ -138,6 +155,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let port = args.port.context("--port is required to serve")?;
     if let Some(path) = &args.expected {
         workload.expected_counts(threads).write_tsv_file(path)?;
+    }
+    if args.ack {
+        crate::init_logging("info");
+        let config = AckedConfig {
+            addr: SocketAddr::new(args.host, port),
+            stream: stream_config,
+            linger: Duration::from_secs(args.linger_s),
+            handshake_timeout: Duration::from_secs(10),
+        };
+        let server = AckedServer::bind(&workload, config, started.elapsed())?;
+        announce(&server.ready().to_string())?;
+        let stats = server.serve()?;
+        announce(&stats.to_line())?;
+        return Ok(ExitCode::SUCCESS);
     }
     let config = ServeConfig {
         addr: SocketAddr::new(args.host, port),

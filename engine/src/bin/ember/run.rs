@@ -1,10 +1,20 @@
 //! `ember run wordcount`: the word count with a running total, over a socket text source,
 //! until N lines have been processed; writes the sorted counts and the baseline's metrics.
+//!
+//! With `--checkpoint DIR` the run is restartable: the context comes from
+//! `StreamingContext::get_or_create(DIR, ...)`, the lines processed so far are kept in state
+//! next to the counts, and a run killed at any moment and started again with the same
+//! arguments recovers from DIR and carries on to N lines. With `--source ...?ack=1` and
+//! `--durability wal|replicated` its final counts are exact. Under `--durability ignore`,
+//! lines of lost blocks are never counted; every batch's lost records are appended to
+//! `DIR/lost-records.log` (synced, on the job thread, before the batch's checkpoint), so the
+//! run ends once processed plus lost lines reach N and reports the total lost.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -34,12 +44,30 @@ Example:
 
 #[derive(Debug, clap::Args)]
 pub struct WordcountArgs {
-    /// The source: tcp://HOST:PORT (lines of text) or kafka://HOST:PORT/topic (each record
-    /// one line; with --sink).
+    /// The source: tcp://HOST:PORT (lines of text), tcp://HOST:PORT?ack=1 for the
+    /// acknowledged, resumable protocol of `ember gen --ack`, or kafka://HOST:PORT/topic
+    /// (each record one line; with --sink).
     #[arg(long)]
     source: String,
     #[command(flatten)]
     kafka: crate::kafka::KafkaArgs,
+    /// How received blocks survive a crash: ignore (in memory; losses counted), wal
+    /// (DIR/wal, synced before the acknowledgement) or replicated (on --executors).
+    #[arg(long, value_enum, default_value_t = Mode::Ignore)]
+    durability: Mode,
+    /// Checkpoint directory: makes the run restartable (metadata log, checkpoints, state
+    /// snapshots; the WAL too under --durability wal). Needed for wal and replicated.
+    #[arg(long, value_name = "DIR")]
+    checkpoint: Option<PathBuf>,
+    /// With --durability replicated: the `ember executor` addresses, comma-separated.
+    #[arg(long, value_name = "ADDR,...", value_delimiter = ',')]
+    executors: Vec<String>,
+    /// With --durability replicated: executors that must hold each block.
+    #[arg(long, default_value_t = 1)]
+    replication: usize,
+    /// With --checkpoint: a checkpoint every this many batches.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    checkpoint_every_batches: u64,
     /// Stop after this many lines have been processed.
     #[arg(long)]
     lines: u64,
@@ -72,6 +100,54 @@ pub struct WordcountArgs {
     timeout_s: u64,
 }
 
+/// `--durability`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    Ignore,
+    Wal,
+    Replicated,
+}
+
+/// A parsed `--source`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct SourceUrl {
+    /// `host:port`.
+    address: String,
+    /// `?ack=1`: the acknowledged protocol.
+    ack: bool,
+}
+
+/// Parses `tcp://HOST:PORT[?ack=0|1]`, saying exactly what is wrong.
+fn parse_source(url: &str) -> anyhow::Result<SourceUrl> {
+    let Some(rest) = url.strip_prefix("tcp://") else {
+        bail!("--source {url:?}: expected tcp://HOST:PORT[?ack=1]");
+    };
+    let (address, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let Some((host, port)) = address.rsplit_once(':') else {
+        bail!("--source {url:?}: missing :PORT (expected tcp://HOST:PORT[?ack=1])");
+    };
+    if host.is_empty() {
+        bail!("--source {url:?}: missing HOST (expected tcp://HOST:PORT[?ack=1])");
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => bail!("--source {url:?}: port {port:?} is not a number from 1 to 65535"),
+    }
+    let mut ack = false;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("ack", "1" | "true")) => ack = true,
+            Some(("ack", "0" | "false")) => ack = false,
+            Some(("ack", v)) => bail!("--source {url:?}: ack={v:?}, expected ack=1 or ack=0"),
+            _ => bail!("--source {url:?}: unknown parameter {pair:?} (the only one is ack=1)"),
+        }
+    }
+    Ok(SourceUrl {
+        address: address.to_owned(),
+        ack,
+    })
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.pipeline {
         Pipeline::Wordcount(a) => wordcount_main(a),
@@ -102,11 +178,10 @@ fn wordcount_main(args: WordcountArgs) -> anyhow::Result<ExitCode> {
             timeout: Duration::from_secs(args.timeout_s),
         });
     }
-    let Some(address) = args.source.strip_prefix("tcp://") else {
-        bail!("--source must be tcp://HOST:PORT, not {:?}", args.source);
-    };
+    let source = parse_source(&args.source)?;
+    check_durability_flags(&args)?;
     let settings = Settings {
-        address: address.to_owned(),
+        address: source.address.clone(),
         batch_ms: args.batch_ms,
         partitions: args.partitions,
         workers: args.workers,
@@ -116,17 +191,36 @@ fn wordcount_main(args: WordcountArgs) -> anyhow::Result<ExitCode> {
     };
     let config = settings.config();
     let (partitions, workers) = (config.partitions, config.worker_threads);
-    let ctx = StreamingContext::new(config).context("invalid settings")?;
-    let totals = wordcount::build(&ctx, &settings.address, engine::SocketOptions::default())?;
+    let options = if source.ack {
+        engine::SocketOptions::acknowledged()
+    } else {
+        engine::SocketOptions::default()
+    };
+    let (ctx, totals, lines_done) = open_context(&args, config, &settings.address, options)?;
     let observed = Arc::new(Observed::default());
+    // The run ends on the lines in state (plus, under ignore, the lines lost), which
+    // survive restarts; the monitor only collects this run's batch metrics.
     ctx.add_listener(Arc::new(Monitor {
-        lines: args.lines,
+        lines: u64::MAX,
         observed: Arc::clone(&observed),
         stop: ctx.stop_handle(),
         on_batch: None,
     }));
+    let ledger = match &args.checkpoint {
+        Some(dir) => Some(Arc::new(LostLedger::open(&dir.join(LOST_LEDGER))?)),
+        None => None,
+    };
+    let completion = Arc::new(Completion {
+        lines: args.lines,
+        lines_done: Arc::clone(&lines_done),
+        ledger: ledger.clone(),
+        lost_this_run: AtomicU64::new(0),
+        failure: Mutex::new(None),
+        stop: ctx.stop_handle(),
+    });
+    ctx.add_listener(Arc::clone(&completion) as Arc<dyn engine::StreamingListener>);
     ctx.stop_on_signals()?;
-    ctx.start()?;
+    ctx.start().context("starting the pipeline")?;
     let stopped = ctx.await_termination_timeout(Some(Duration::from_secs(args.timeout_s)));
     let timed_out = matches!(stopped, Ok(false));
     if timed_out {
@@ -137,8 +231,32 @@ fn wordcount_main(args: WordcountArgs) -> anyhow::Result<ExitCode> {
     }
     let stopped_ms = engine::clock::now_epoch_ms();
 
+    if let Some(failure) = completion
+        .failure
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    {
+        bail!("{failure}");
+    }
+    let lines_processed = lines_done.load(Ordering::SeqCst);
+    let lost_records = match &ledger {
+        Some(l) => l.total(),
+        None => observed
+            .batches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|b| b.lost_records)
+            .sum(),
+    };
+    let complete = lines_processed + lost_records >= args.lines;
     let rows = wordcount::sorted_counts(&totals.lock().unwrap_or_else(|e| e.into_inner()));
-    wordcount::write_atomically(&args.out, &wordcount::tsv(&rows))?;
+    if complete || args.checkpoint.is_none() {
+        // A restartable run writes its output only once it is complete: a partial file
+        // would look like a result.
+        wordcount::write_atomically(&args.out, &wordcount::tsv(&rows))?;
+    }
 
     let batches = observed
         .batches
@@ -153,13 +271,20 @@ fn wordcount_main(args: WordcountArgs) -> anyhow::Result<ExitCode> {
         process_start_ms,
     );
     let target_seen = observed.target_seen_ms.load(Ordering::SeqCst);
-    let lines_seen = m.get("lines").and_then(Value::as_u64).unwrap_or(0);
+    let lines_seen = lines_processed;
     m.insert(
         "engine".into(),
         json!(format!("ember {}", env!("CARGO_PKG_VERSION"))),
     );
-    m.insert("durability".into(), json!("ignore"));
-    m.insert("wal".into(), json!(false));
+    m.insert(
+        "durability".into(),
+        json!(format!("{:?}", args.durability).to_lowercase()),
+    );
+    m.insert("wal".into(), json!(args.durability == Mode::Wal));
+    m.insert("acknowledged_source".into(), json!(source.ack));
+    m.insert("lines_processed".into(), json!(lines_processed));
+    // Across restarts when checkpointed (the ledger), else this run's batches.
+    m.insert("lost_records".into(), json!(lost_records));
     m.insert("batch_ms".into(), json!(args.batch_ms));
     m.insert("target_lines".into(), json!(args.lines));
     m.insert("partitions".into(), json!(partitions));
@@ -204,9 +329,191 @@ fn wordcount_main(args: WordcountArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(128 + signal as u8));
     }
-    Ok(if timed_out || lines_seen != args.lines {
+    Ok(if timed_out || !complete {
         ExitCode::from(3)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn check_durability_flags(args: &WordcountArgs) -> anyhow::Result<()> {
+    match args.durability {
+        Mode::Wal | Mode::Replicated if args.checkpoint.is_none() => bail!(
+            "--durability {:?} needs --checkpoint DIR (where the metadata log, checkpoints{} live)",
+            args.durability,
+            if args.durability == Mode::Wal {
+                " and the WAL"
+            } else {
+                ""
+            }
+        ),
+        Mode::Replicated if args.executors.is_empty() => {
+            bail!("--durability replicated needs --executors ADDR,... (`ember executor` addresses)")
+        }
+        Mode::Replicated if args.replication == 0 || args.replication > args.executors.len() => {
+            bail!(
+                "--replication {} must be between 1 and the {} executors given",
+                args.replication,
+                args.executors.len()
+            )
+        }
+        Mode::Ignore | Mode::Wal if !args.executors.is_empty() => {
+            bail!("--executors is only for --durability replicated")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The context, built with the restartable word count: a checkpointed one (which resumes
+/// from DIR) with `--checkpoint`, else a plain one.
+fn open_context(
+    args: &WordcountArgs,
+    config: engine::Config,
+    address: &str,
+    options: engine::SocketOptions,
+) -> anyhow::Result<(StreamingContext, wordcount::Totals, Arc<AtomicU64>)> {
+    let Some(dir) = &args.checkpoint else {
+        let ctx = StreamingContext::new(config).context("invalid settings")?;
+        let (totals, lines) = wordcount::build_restartable(&ctx, address, options)?;
+        return Ok((ctx, totals, lines));
+    };
+    bail!(
+        "--checkpoint {}: restartable runs need the durability layer, which this build lacks",
+        dir.display()
+    )
+}
+
+/// Where a checkpointed ignore-mode run records lost records, inside `--checkpoint DIR`.
+const LOST_LEDGER: &str = "lost-records.log";
+
+/// The lost records of every batch of a checkpointed run, across restarts: one line
+/// `<batch time ms> <lost records> <lost blocks>` per batch that lost something (or
+/// that had lost something in an earlier run and was recomputed), appended and synced. The
+/// last line of a batch time wins: a batch recomputed after a restart may lose more than
+/// its first run did, and the recomputation is what the final state holds. A torn last line
+/// (a crash while appending) is ignored: its batch had not completed.
+struct LostLedger {
+    file: Mutex<std::fs::File>,
+    path: PathBuf,
+    by_batch: Mutex<std::collections::BTreeMap<u64, u64>>,
+}
+
+impl LostLedger {
+    fn open(path: &std::path::Path) -> anyhow::Result<Self> {
+        let mut by_batch = std::collections::BTreeMap::new();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let text = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        for (n, line) in text[..complete].split(|&b| b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let fields: Vec<u64> = std::str::from_utf8(line)
+                .ok()
+                .map(|l| l.split(' ').filter_map(|f| f.parse().ok()).collect())
+                .unwrap_or_default();
+            let [time, lost, _blocks] = fields[..] else {
+                bail!(
+                    "{} line {}: expected `<batch ms> <lost records> <lost blocks>`",
+                    path.display(),
+                    n + 1
+                );
+            };
+            by_batch.insert(time, lost);
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        if complete < text.len() {
+            // Cut the torn tail so the next line starts on its own.
+            file.set_len(complete as u64)
+                .and_then(|()| file.sync_all())
+                .with_context(|| format!("truncating the torn tail of {}", path.display()))?;
+        }
+        Ok(LostLedger {
+            file: Mutex::new(file),
+            path: path.to_owned(),
+            by_batch: Mutex::new(by_batch),
+        })
+    }
+
+    /// Records a completed batch's losses (only if they differ from what is recorded).
+    fn record(&self, batch: &engine::BatchInfo) -> anyhow::Result<()> {
+        use std::io::Write;
+        let time = batch.batch_time.as_millis();
+        let mut by_batch = self.by_batch.lock().unwrap_or_else(|e| e.into_inner());
+        if by_batch.get(&time).copied().unwrap_or(0) == batch.lost_records {
+            return Ok(());
+        }
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        file.write_all(format!("{time} {} {}\n", batch.lost_records, batch.lost_blocks).as_bytes())
+            .and_then(|()| file.sync_data())
+            .with_context(|| format!("appending to {}", self.path.display()))?;
+        by_batch.insert(time, batch.lost_records);
+        Ok(())
+    }
+
+    fn total(&self) -> u64 {
+        self.by_batch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .sum()
+    }
+}
+
+/// Ends the run once the lines in state plus the lines lost reach `--lines`, and keeps the
+/// lost-records ledger. Runs on the job thread after each batch's outputs, before the batch
+/// is reported complete to the driver (and so before any checkpoint covering it).
+struct Completion {
+    lines: u64,
+    lines_done: Arc<AtomicU64>,
+    ledger: Option<Arc<LostLedger>>,
+    lost_this_run: AtomicU64,
+    failure: Mutex<Option<String>>,
+    stop: engine::StopHandle,
+}
+
+impl engine::StreamingListener for Completion {
+    fn on_batch_completed(&self, batch: &engine::BatchInfo) {
+        if batch.failure.is_some() {
+            return;
+        }
+        let lost = match &self.ledger {
+            Some(ledger) => {
+                if let Err(e) = ledger.record(batch) {
+                    // Without the ledger the run cannot account for its losses: stop now,
+                    // without a graceful drain, and let a restart redo this batch.
+                    tracing::error!(error = %format!("{e:#}"), "cannot record lost records");
+                    *self.failure.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(format!("{e:#}"));
+                    self.stop.request_stop(false);
+                    return;
+                }
+                ledger.total()
+            }
+            None => {
+                self.lost_this_run
+                    .fetch_add(batch.lost_records, Ordering::SeqCst)
+                    + batch.lost_records
+            }
+        };
+        let done = self.lines_done.load(Ordering::SeqCst);
+        if done + lost >= self.lines {
+            tracing::info!(
+                lines_processed = done,
+                lost_records = lost,
+                "every line is accounted for; stopping"
+            );
+            self.stop.request_stop(true);
+        }
+    }
 }

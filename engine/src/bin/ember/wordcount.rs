@@ -134,6 +134,43 @@ pub fn build(
     Ok(latest)
 }
 
+/// The restartable word count of `ember run wordcount`: [`build`]'s pipeline, plus the
+/// number of lines processed kept in state too, so that a restarted run knows how far the
+/// whole run (across restarts) has come. Returns the latest totals and the latest line count.
+pub fn build_restartable(
+    ctx: &StreamingContext,
+    address: &str,
+    options: engine::SocketOptions,
+) -> engine::Result<(Totals, Arc<AtomicU64>)> {
+    let lines = ctx.socket_text_stream_with(address, options)?;
+    let totals = lines
+        .flat_map(|line| line.split(' '))
+        .map(|word| (word, 1u64))
+        .reduce_by_key(|a, b| a + b)
+        .update_state_by_key(|new: Vec<u64>, total: Option<u64>| {
+            Some(total.unwrap_or(0) + new.iter().sum::<u64>())
+        });
+    let processed =
+        lines
+            .count()
+            .map(|n| (0u8, n))
+            .update_state_by_key(|new: Vec<u64>, total: Option<u64>| {
+                Some(total.unwrap_or(0) + new.iter().sum::<u64>())
+            });
+    let latest = Arc::new(Mutex::new(BatchData::empty()));
+    let sink = Arc::clone(&latest);
+    totals.foreach_batch(move |data, _| {
+        *sink.lock().unwrap_or_else(|e| e.into_inner()) = data.clone()
+    });
+    let lines_done = Arc::new(AtomicU64::new(0));
+    let sink = Arc::clone(&lines_done);
+    processed.foreach_batch(move |data, _| {
+        let n = data.iter().map(|(_, n)| *n).sum::<u64>();
+        sink.store(n, Ordering::SeqCst);
+    });
+    Ok((latest, lines_done))
+}
+
 /// `word\tcount\n`, sorted by word in byte order.
 pub fn sorted_counts(totals: &BatchData<(Str, u64)>) -> Vec<(Str, u64)> {
     let mut rows = totals.to_vec();
