@@ -65,6 +65,10 @@ pub struct WordcountArgs {
     /// With --durability replicated: executors that must hold each block.
     #[arg(long, default_value_t = 1)]
     replication: usize,
+    /// Receive at most this many lines per second (spreads a run over time, e.g. so that
+    /// crash tests kill it at every phase).
+    #[arg(long, value_name = "LINES_PER_S", value_parser = clap::value_parser!(u64).range(1..))]
+    max_rate: Option<u64>,
     /// With --checkpoint: a checkpoint every this many batches.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     checkpoint_every_batches: u64,
@@ -189,7 +193,8 @@ fn wordcount_main(args: WordcountArgs) -> anyhow::Result<ExitCode> {
         block_size_max_bytes: args.block_size_max_bytes,
         receiver_queue_blocks_max: args.receiver_queue_blocks_max,
     };
-    let config = settings.config();
+    let mut config = settings.config();
+    config.receiver_max_rate_records_per_sec = args.max_rate;
     let (partitions, workers) = (config.partitions, config.worker_threads);
     let options = if source.ack {
         engine::SocketOptions::acknowledged()
