@@ -85,6 +85,22 @@ impl Driver {
         // loop, after the events already queued (blocks stored before the tick) are handled.
         let actions = self.scheduler.on_start();
         self.execute(actions).await;
+        // Blocks recovered unallocated go to the next batch, ahead of any block stored from
+        // now on: block stages that fold must expect them there (they have no arrival task;
+        // the batch reads them back, or counts them lost).
+        if let Some(batch) = self.scheduler.open_batch() {
+            for block in self.scheduler.unallocated() {
+                for task in self
+                    .graph
+                    .block_tasks
+                    .get(&block.id.stream)
+                    .into_iter()
+                    .flatten()
+                {
+                    task.assign(block.id, batch);
+                }
+            }
+        }
         while !self.scheduler.is_stopped() {
             let deadline = self.scheduler.next_deadline();
             let sleep = deadline.map(|d| self.clock.sleep_until(d.as_millis()));

@@ -258,6 +258,12 @@ impl Scheduler {
         self.next_deadline()
     }
 
+    /// The blocks not yet allocated (after a restart: the recovered ones), in the order the
+    /// next batch will take them.
+    pub fn unallocated(&self) -> impl Iterator<Item = &StoredBlock> + '_ {
+        self.unallocated.values().flatten()
+    }
+
     /// Whether [`Action::Stopped`] has been returned.
     pub fn is_stopped(&self) -> bool {
         self.phase == Phase::Stopped
