@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use engine::StreamingContext;
+use engine::{Durability, DurabilityConfig, StreamingContext};
 use serde_json::{Value, json};
 
 use crate::wordcount::{self, Monitor, Observed, Settings};
@@ -382,10 +382,26 @@ fn open_context(
         let (totals, lines) = wordcount::build_restartable(&ctx, address, options)?;
         return Ok((ctx, totals, lines));
     };
-    bail!(
-        "--checkpoint {}: restartable runs need the durability layer, which this build lacks",
-        dir.display()
-    )
+    let mode = match args.durability {
+        Mode::Ignore => Durability::Ignore,
+        Mode::Wal => Durability::wal(dir.join("wal")),
+        Mode::Replicated => Durability::Replicated {
+            executors: args.executors.clone(),
+            replication: args.replication,
+        },
+    };
+    let durability = DurabilityConfig {
+        checkpoint_interval_batches: args.checkpoint_every_batches,
+        ..DurabilityConfig::new(mode)
+    };
+    let mut built = None;
+    let ctx = StreamingContext::get_or_create(dir, config, durability, |ctx| {
+        built = Some(wordcount::build_restartable(ctx, address, options)?);
+        Ok(())
+    })
+    .with_context(|| format!("opening the checkpointed pipeline in {}", dir.display()))?;
+    let (totals, lines) = built.context("the pipeline was not built")?;
+    Ok((ctx, totals, lines))
 }
 
 /// Where a checkpointed ignore-mode run records lost records, inside `--checkpoint DIR`.
