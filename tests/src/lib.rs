@@ -6,3 +6,4 @@ pub mod faults;
 pub mod moto;
 pub mod processes;
 pub mod servers;
+pub mod wordcount_kills;
