@@ -112,6 +112,16 @@ enum Mode {
     Replicated,
 }
 
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Ignore => "ignore",
+            Mode::Wal => "wal",
+            Mode::Replicated => "replicated",
+        }
+    }
+}
+
 /// A parsed `--source`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct SourceUrl {
@@ -344,8 +354,8 @@ fn wordcount_main(args: WordcountArgs) -> anyhow::Result<ExitCode> {
 fn check_durability_flags(args: &WordcountArgs) -> anyhow::Result<()> {
     match args.durability {
         Mode::Wal | Mode::Replicated if args.checkpoint.is_none() => bail!(
-            "--durability {:?} needs --checkpoint DIR (where the metadata log, checkpoints{} live)",
-            args.durability,
+            "--durability {} needs --checkpoint DIR (where the metadata log, checkpoints{} live)",
+            args.durability.name(),
             if args.durability == Mode::Wal {
                 " and the WAL"
             } else {
