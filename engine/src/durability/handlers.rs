@@ -54,19 +54,7 @@ impl std::fmt::Debug for WalBlockHandler {
 impl WalBlockHandler {
     /// Opens (recovering) the data WAL of `stream` in `dir` (created if missing).
     pub fn open(dir: &Path, stream: StreamId, sync: SyncPolicy) -> Result<Self> {
-        let location = dir.display().to_string();
-        let wal = Wal::open_dir(
-            dir,
-            wal::Config {
-                sync_policy: sync,
-                ..wal::Config::default()
-            },
-        )
-        .map_err(|source| Error::Wal {
-            what: "open the data WAL",
-            location: location.clone(),
-            source,
-        })?;
+        let wal = super::open_local_wal(dir, sync, "open the data WAL")?;
         Ok(Self::with_wal(stream, Arc::new(wal)))
     }
 

@@ -275,19 +275,7 @@ impl std::fmt::Debug for WalMetadataLog {
 impl WalMetadataLog {
     /// Opens (recovering) the log in `dir` and replays it from `from` (see [`replay`]).
     pub fn open(dir: &Path, sync: SyncPolicy, from: Option<Lsn>) -> Result<(Self, Replayed)> {
-        let location = dir.display().to_string();
-        let wal = Wal::open_dir(
-            dir,
-            wal::Config {
-                sync_policy: sync,
-                ..wal::Config::default()
-            },
-        )
-        .map_err(|source| Error::Wal {
-            what: "open the metadata log",
-            location: location.clone(),
-            source,
-        })?;
+        let wal = super::open_local_wal(dir, sync, "open the metadata log")?;
         Self::with_wal(Arc::new(wal), from)
     }
 

@@ -81,6 +81,23 @@ use crate::handler::{MemoryBlockHandler, ReceivedBlockHandler};
 use crate::scheduler::{Allocation, RestoredState};
 use crate::time::BatchTime;
 
+/// Opens (recovering) a local log in `dir` with the default limits and `sync`; an error
+/// names `what` was being opened and where.
+pub(crate) fn open_local_wal(dir: &Path, sync: SyncPolicy, what: &'static str) -> Result<wal::Wal> {
+    wal::Wal::open_dir(
+        dir,
+        wal::Config {
+            sync_policy: sync,
+            ..wal::Config::default()
+        },
+    )
+    .map_err(|source| Error::Wal {
+        what,
+        location: dir.display().to_string(),
+        source,
+    })
+}
+
 /// How one input stream's received blocks survive failures (see the module docs).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Durability {
