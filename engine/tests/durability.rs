@@ -77,6 +77,27 @@ impl Run {
     fn next_done(&self) -> BatchInfo {
         self.done.recv_timeout(Duration::from_secs(20)).unwrap()
     }
+
+    /// Waits for batch `k` (its time: `START + k * INTERVAL`) to complete; returns every
+    /// completion seen on the way, that batch's last. Waiting for the batch by its time,
+    /// not for "the next completion", keeps the test's next feed out of that batch even if
+    /// other batches (re-runs) complete first.
+    fn done_through(&self, k: u64) -> Vec<BatchInfo> {
+        let time = START + k * INTERVAL;
+        let mut seen = Vec::new();
+        loop {
+            match self.done.recv_timeout(Duration::from_secs(20)) {
+                Ok(info) => {
+                    let last = info.batch_time.as_millis() == time;
+                    seen.push(info);
+                    if last {
+                        return seen;
+                    }
+                }
+                Err(e) => panic!("batch {k} (time {time}) did not complete ({e}); saw {seen:?}"),
+            }
+        }
+    }
 }
 
 /// The word count with a running total, writing every batch's totals as text files.
@@ -168,11 +189,14 @@ fn reference(tmp: &Path, mode: &Durability) -> BTreeMap<String, Vec<u8>> {
     let clock = ManualClock::new(START);
     let run = open(&tmp.join("ref-ckpt"), &out, &clock, mode.clone(), 2, false).unwrap();
     run.ctx.start().unwrap();
-    for text in INPUTS {
+    for (k, text) in (1..).zip(INPUTS) {
         run.feed(text);
         clock.advance(INTERVAL);
-        let info = run.next_done();
-        assert_eq!(info.lost_blocks, 0);
+        let infos = run.done_through(k);
+        // Exactly this batch completed, holding exactly the lines just fed.
+        assert_eq!(infos.len(), 1, "{infos:?}");
+        assert_eq!(infos[0].lost_blocks, 0);
+        assert_eq!(infos[0].records(), text.lines().count() as u64, "{infos:?}");
     }
     run.ctx.stop(true).unwrap();
     outputs(&out)
@@ -190,10 +214,10 @@ fn crash_and_restart(tmp: &Path, mode: &Durability, every: u64) -> (PathBuf, Vec
     {
         let run = open(&dir, &out, &clock, mode.clone(), every, false).unwrap();
         run.ctx.start().unwrap();
-        for text in &INPUTS[..3] {
+        for (k, text) in (1..).zip(&INPUTS[..3]) {
             run.feed(text);
             clock.advance(INTERVAL);
-            run.next_done();
+            run.done_through(k);
         }
         run.feed(INPUTS[3]);
         // Immediate stop: no graceful flush, nothing more recorded.
@@ -231,18 +255,32 @@ fn crash_and_restart(tmp: &Path, mode: &Durability, every: u64) -> (PathBuf, Vec
 
     let run = open(&dir, &out, &clock, mode.clone(), every, false).unwrap();
     run.ctx.start().unwrap();
-    let mut infos = Vec::new();
-    // Batch 3 re-runs if the checkpoint is before it; wait for re-runs, then go on.
-    let rerun = plan.rerun.len();
-    for _ in 0..rerun {
-        infos.push(run.next_done());
-    }
+    // The batches after the checkpoint re-run first (in time order, exactly those the plan
+    // named), then batch 4 takes the recovered unallocated blocks.
     clock.advance(INTERVAL);
-    infos.push(run.next_done());
-    for text in &INPUTS[4..] {
+    let mut infos = run.done_through(4);
+    let reran: Vec<_> = infos[..infos.len() - 1]
+        .iter()
+        .map(|i| i.batch_time)
+        .collect();
+    let planned: Vec<_> = plan.rerun.iter().map(|a| a.time).collect();
+    assert_eq!(
+        reran, planned,
+        "re-run batches differ from the plan: {infos:?}"
+    );
+    if !matches!(mode, Durability::Ignore) {
+        assert_eq!(
+            infos.last().unwrap().records(),
+            INPUTS[3].lines().count() as u64,
+            "batch 4 must hold exactly the recovered blocks: {infos:?}"
+        );
+    }
+    for (k, text) in (5..).zip(&INPUTS[4..]) {
         run.feed(text);
         clock.advance(INTERVAL);
-        infos.push(run.next_done());
+        let more = run.done_through(k);
+        assert_eq!(more.len(), 1, "{more:?}");
+        infos.extend(more);
     }
     run.ctx.stop(true).unwrap();
     (out, infos)

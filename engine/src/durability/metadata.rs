@@ -63,6 +63,14 @@ pub enum LogRecord {
     BatchesCleaned(BatchTime),
     /// The whole view at a checkpoint (see the module docs).
     Cut(Box<CutRecord>),
+    /// What a restart must know of the graph that wrote the log, at a (re)start (after
+    /// `Streams`). Without a checkpoint to restore state from, a stateful graph re-runs
+    /// every batch, completed or not, to rebuild its state; `ember checkpoint inspect`
+    /// reads this record to say so (with a checkpoint, the checkpoint's graph tells).
+    Graph {
+        /// Whether any operator keeps state across batches.
+        stateful: bool,
+    },
 }
 
 /// What a [`LogRecord::Cut`] holds.
@@ -145,7 +153,7 @@ impl Mirror {
             LogRecord::BatchesCleaned(t) => {
                 self.cleaned_up_to = self.cleaned_up_to.max(Some(*t));
             }
-            LogRecord::Cut(_) => {}
+            LogRecord::Cut(_) | LogRecord::Graph { .. } => {}
         }
     }
 
@@ -196,6 +204,8 @@ pub struct Replayed {
     pub records: u64,
     /// The first Lsn read.
     pub from: Option<Lsn>,
+    /// Whether the graph was stateful, from the newest [`LogRecord::Graph`] replayed.
+    pub stateful: Option<bool>,
 }
 
 /// Replays `wal` from `from` (a checkpoint's `metadata_log_lsn + 1`), or from its first
@@ -248,6 +258,9 @@ pub fn replay(wal: &Wal, from: Option<Lsn>) -> Result<Replayed> {
                 out.records += 1;
                 continue;
             }
+        }
+        if let LogRecord::Graph { stateful } = record {
+            out.stateful = Some(stateful);
         }
         out.mirror.apply(&record);
         out.records += 1;

@@ -392,8 +392,9 @@ impl RestartPlan {
             .as_ref()
             .map(|r| Lsn::new(r.checkpoint.parts().metadata_log_lsn.get() + 1));
         let replayed = metadata::replay(&log, from)?;
+        // The checkpoint's graph, or (none yet) what the log recorded at the last start.
         let stateful = restored.as_ref().map_or_else(
-            || false,
+            || replayed.stateful.unwrap_or(false),
             |r| {
                 r.checkpoint
                     .parts()
@@ -932,6 +933,7 @@ impl StreamingContext {
             );
         }
         log.append(LogRecord::Streams(descs))?;
+        log.append(LogRecord::Graph { stateful })?;
 
         let m = &plan.mirror;
         let recovering =
