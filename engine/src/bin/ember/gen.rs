@@ -55,6 +55,8 @@ pub struct Args {
     /// Partitions of the topic --kafka creates.
     #[arg(long, default_value_t = 4, requires = "kafka", value_parser = clap::value_parser!(u32).range(1..=65535))]
     partitions: u32,
+    #[command(flatten)]
+    producer: crate::kafka::ProducerArgs,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
@@ -145,6 +147,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return crate::kafka::produce(
             target,
             args.partitions,
+            &args.producer,
             &workload,
             spec.lines,
             stream_config,
