@@ -372,6 +372,91 @@ pub struct BatchOutput {
     pub offsets: Vec<crate::source::kafka::OffsetRange>,
 }
 
+impl BatchOutput {
+    /// Whether the batch read no offsets and has no records: an exactly-once sink then
+    /// writes nothing, not even its key (a re-run finds nothing to skip either).
+    pub fn covers_nothing<T>(&self, data: &BatchData<T>) -> bool {
+        let covered: u64 = self
+            .offsets
+            .iter()
+            .map(crate::source::kafka::OffsetRange::span)
+            .sum();
+        covered == 0 && data.is_empty()
+    }
+
+    /// The offset ranges as the JSON the exactly-once sinks store beside a batch's output
+    /// (`[{"topic":..,"partition":..,"from":..,"until":..},...]`), which
+    /// [`Progress::of_newest_batch`] reads back.
+    pub fn offsets_json(&self) -> std::result::Result<String, String> {
+        serde_json::to_string(&self.offsets).map_err(|e| format!("cannot encode offsets: {e}"))
+    }
+}
+
+/// What an exactly-once sink's own storage says about a pipeline's progress: where the
+/// source resumes, and whether a batch must be re-run first. The PostgreSQL sink reads it
+/// from its `ember_batches` table ([`postgres::PostgresSink::progress`]), the file sink from
+/// its batch directories ([`files::FileSink::progress`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Nothing committed yet.
+    Empty,
+    /// The newest batch committed every partition: resume at these ranges' `until`.
+    Complete {
+        /// The batch.
+        time: BatchTime,
+        /// Its ranges.
+        offsets: Vec<crate::source::kafka::OffsetRange>,
+    },
+    /// The newest batch committed only some partitions: re-run it at `time` over exactly
+    /// `offsets` with `partitions` partitions before anything else.
+    Partial {
+        /// The batch.
+        time: BatchTime,
+        /// Its partition count (0: any, the re-run rewrites every partition).
+        partitions: usize,
+        /// Partitions committed.
+        committed: usize,
+        /// Its ranges.
+        offsets: Vec<crate::source::kafka::OffsetRange>,
+    },
+}
+
+impl Progress {
+    /// The progress of a sink whose newest stored batch is the one at `time`, with the
+    /// offsets `offsets_json` (as [`BatchOutput::offsets_json`] wrote them): complete, or
+    /// committed for `committed` of `partitions` partitions. Fails if the offsets do not
+    /// parse.
+    pub fn of_newest_batch(
+        time: BatchTime,
+        offsets_json: &str,
+        complete: bool,
+        partitions: usize,
+        committed: usize,
+    ) -> std::result::Result<Progress, serde_json::Error> {
+        let offsets = serde_json::from_str(offsets_json)?;
+        Ok(if complete {
+            Progress::Complete { time, offsets }
+        } else {
+            Progress::Partial {
+                time,
+                partitions,
+                committed,
+                offsets,
+            }
+        })
+    }
+
+    /// Where each partition of the source resumes after this progress.
+    pub fn resume_offsets(&self) -> std::collections::BTreeMap<i32, i64> {
+        match self {
+            Progress::Empty => Default::default(),
+            Progress::Complete { offsets, .. } | Progress::Partial { offsets, .. } => {
+                offsets.iter().map(|r| (r.partition, r.until)).collect()
+            }
+        }
+    }
+}
+
 /// A user-writable output with an explicit re-execution contract; attach it with
 /// [`DStream::write_to`].
 pub trait Sink<T>: Send + Sync + 'static {

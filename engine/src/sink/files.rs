@@ -18,11 +18,9 @@ use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use super::postgres::Progress;
-use super::{BatchOutput, Delivery, Sink, TextRecord};
+use super::{BatchOutput, Delivery, Progress, Sink, TextRecord};
 use crate::dstream::BatchData;
 use crate::error::{Error, Result};
-use crate::source::kafka::OffsetRange;
 use crate::time::BatchTime;
 
 /// The exactly-once file sink (see the module docs).
@@ -107,11 +105,6 @@ impl FileSink {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(io("read", &offsets_path)(e)),
             };
-            let offsets: Vec<OffsetRange> =
-                serde_json::from_str(&text).map_err(|e| Error::Sink {
-                    sink: format!("files {}", self.dir.display()),
-                    message: format!("{} is not an offset list: {e}", offsets_path.display()),
-                })?;
             let parts = fs::read_dir(&dir)
                 .map_err(io("list", &dir))?
                 .filter(|e| {
@@ -119,14 +112,12 @@ impl FileSink {
                         .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("part-"))
                 })
                 .count();
-            return Ok(if dir.join("_SUCCESS").exists() {
-                Progress::Complete { time, offsets }
-            } else {
-                Progress::Partial {
-                    time,
-                    partitions: 0, // any: the re-run rewrites every part
-                    committed: parts,
-                    offsets,
+            let complete = dir.join("_SUCCESS").exists();
+            // A partial batch's partition count does not matter: the re-run rewrites every part.
+            return Progress::of_newest_batch(time, &text, complete, 0, parts).map_err(|e| {
+                Error::Sink {
+                    sink: format!("files {}", self.dir.display()),
+                    message: format!("{} is not an offset list: {e}", offsets_path.display()),
                 }
             });
         }
@@ -148,8 +139,7 @@ impl<T: TextRecord + Send + Sync + 'static> Sink<T> for FileSink {
         batch: &BatchOutput,
         data: &BatchData<T>,
     ) -> std::result::Result<(), String> {
-        let covered: u64 = batch.offsets.iter().map(OffsetRange::span).sum();
-        if covered == 0 && data.is_empty() {
+        if batch.covers_nothing(data) {
             return Ok(());
         }
         let run = || -> Result<()> {
@@ -160,9 +150,9 @@ impl<T: TextRecord + Send + Sync + 'static> Sink<T> for FileSink {
                 sync_dir(&self.dir)?;
             }
             let _ = fs::remove_file(dir.join("_SUCCESS"));
-            let offsets = serde_json::to_string(&batch.offsets).map_err(|e| Error::Sink {
+            let offsets = batch.offsets_json().map_err(|message| Error::Sink {
                 sink: format!("files {}", self.dir.display()),
-                message: format!("cannot encode offsets: {e}"),
+                message,
             })?;
             write_file(&dir, "_OFFSETS", |w| w.write_all(offsets.as_bytes()))?;
             sync_dir(&dir)?;

@@ -34,11 +34,11 @@ use std::time::{Duration, Instant};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
+pub use super::Progress;
 use super::{BatchOutput, Delivery, Sink};
 use crate::dstream::BatchData;
 use crate::dstream::node::lock;
 use crate::error::{Error, Result};
-use crate::source::kafka::OffsetRange;
 use crate::text::Str;
 use crate::time::BatchTime;
 
@@ -83,44 +83,6 @@ impl PostgresRow for (String, i64) {
     }
     fn value(&self) -> i64 {
         self.1
-    }
-}
-
-/// What the database says about a pipeline's progress.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Progress {
-    /// Nothing committed yet.
-    Empty,
-    /// The newest batch committed every partition: resume at these ranges' `until`.
-    Complete {
-        /// The batch.
-        time: BatchTime,
-        /// Its ranges.
-        offsets: Vec<OffsetRange>,
-    },
-    /// The newest batch committed only some partitions: re-run it at `time` over exactly
-    /// `offsets` with `partitions` partitions before anything else.
-    Partial {
-        /// The batch.
-        time: BatchTime,
-        /// Its partition count.
-        partitions: usize,
-        /// Partitions committed.
-        committed: usize,
-        /// Its ranges.
-        offsets: Vec<OffsetRange>,
-    },
-}
-
-impl Progress {
-    /// Where each partition of the source resumes after this progress.
-    pub fn resume_offsets(&self) -> std::collections::BTreeMap<i32, i64> {
-        match self {
-            Progress::Empty => Default::default(),
-            Progress::Complete { offsets, .. } | Progress::Partial { offsets, .. } => {
-                offsets.iter().map(|r| (r.partition, r.until)).collect()
-            }
-        }
     }
 }
 
@@ -365,22 +327,19 @@ impl PostgresSink {
         let committed: i64 = row.get(1);
         let partitions: i32 = row.get(2);
         let offsets: String = row.get(3);
-        let offsets: Vec<OffsetRange> = serde_json::from_str(&offsets).map_err(|e| {
+        let time = BatchTime::from_millis(u64::try_from(time_ms).unwrap_or(0));
+        Progress::of_newest_batch(
+            time,
+            &offsets,
+            committed >= i64::from(partitions),
+            usize::try_from(partitions).unwrap_or(0),
+            usize::try_from(committed).unwrap_or(0),
+        )
+        .map_err(|e| {
             sink_error(
                 &self.address,
                 format!("ember_batches row of batch {time_ms} has unreadable offsets: {e}"),
             )
-        })?;
-        let time = BatchTime::from_millis(u64::try_from(time_ms).unwrap_or(0));
-        Ok(if committed >= i64::from(partitions) {
-            Progress::Complete { time, offsets }
-        } else {
-            Progress::Partial {
-                time,
-                partitions: usize::try_from(partitions).unwrap_or(0),
-                committed: usize::try_from(committed).unwrap_or(0),
-                offsets,
-            }
         })
     }
 }
@@ -450,15 +409,11 @@ impl<T: PostgresRow + Send + Sync + 'static> Sink<T> for PostgresSink {
         batch: &BatchOutput,
         data: &BatchData<T>,
     ) -> std::result::Result<(), String> {
-        let covered: u64 = batch.offsets.iter().map(OffsetRange::span).sum();
-        if covered == 0 && data.is_empty() {
+        if batch.covers_nothing(data) {
             return Ok(()); // nothing read, nothing to write: no key either
         }
         let partitions = data.num_partitions();
-        let offsets = Arc::new(
-            serde_json::to_string(&batch.offsets)
-                .map_err(|e| format!("cannot encode offsets: {e}"))?,
-        );
+        let offsets = Arc::new(batch.offsets_json()?);
         let pipeline = Arc::new(batch.pipeline.clone());
         let time_ms = i64::try_from(batch.time.as_millis()).unwrap_or(i64::MAX);
         let sql = Arc::new(self.upsert_sql.clone());
