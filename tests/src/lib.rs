@@ -3,6 +3,7 @@
 //! The tests here use only the public APIs of the other crates and the `ember` binary.
 
 pub mod faults;
+pub mod kafka_pipeline;
 pub mod moto;
 pub mod processes;
 pub mod servers;

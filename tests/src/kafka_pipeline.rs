@@ -1,0 +1,535 @@
+//! Kafka → word count → sink, end to end: the fixture the Kafka tests share.
+//!
+//! A [`KafkaPipeline`] starts a real broker (tansu) and, when asked, a real PostgreSQL
+//! (both from [`crate::servers`]), produces the word-count workload into a topic with
+//! `ember gen --kafka` (which also writes the workload's expected counts), and runs real
+//! `ember run wordcount --source kafka://...` processes against it: to completion, or
+//! killed with `kill -9` at seeded moments ([`KafkaPipeline::kill_rounds`]) and restarted.
+//!
+//! The oracles are independent of the pipeline under test: the expected counts come from the
+//! workload definition (`ember gen --expected`), the end offsets from the broker
+//! ([`KafkaPipeline::end_offsets`]), and the results from where the sink put them, read back
+//! here with plain SQL ([`read_postgres`]) or by summing the batch files ([`read_files`]),
+//! not through the sink's own reader.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use crate::processes::ember_bin;
+use crate::servers::{Postgres, Tansu};
+
+/// Partitions of the topics the fixture creates (the issue's 4), and of the word count.
+pub const PARTITIONS: u32 = 4;
+
+/// Default seed of [`KafkaPipeline::kill_rounds`] (`EMBER_KILL_SEED` overrides it).
+const KILL_SEED: u64 = 0x006b_6166_6b61;
+
+/// Word counts: word → count.
+pub type Counts = BTreeMap<String, i64>;
+
+/// Offsets: Kafka partition → offset (the next one to read).
+pub type Offsets = BTreeMap<i32, i64>;
+
+/// A broker (and maybe PostgreSQL) with one topic holding `lines` workload lines, and a
+/// temporary directory for the expected counts, the `ember` log and `--out`.
+pub struct KafkaPipeline {
+    /// The broker; tests may kill and restart it.
+    pub tansu: Tansu,
+    /// PostgreSQL, if [`KafkaPipeline::start`] was asked for it; tests may restart it.
+    pub pg: Option<Postgres>,
+    /// The topic.
+    pub topic: String,
+    /// Workload lines in the topic.
+    pub lines: u64,
+    /// Lines per Kafka record (`ember gen --lines-per-record`).
+    pub lines_per_record: u32,
+    dir: tempfile::TempDir,
+}
+
+/// How [`KafkaPipeline::kill_rounds`] kills.
+#[derive(Clone, Copy, Debug)]
+pub struct Kills {
+    /// Runs killed with `kill -9` (fewer if a run finishes before its kill).
+    pub rounds: u32,
+    /// `--max-rate-per-partition` of the killed runs: low enough that a run is still going
+    /// when it is killed, so the kills land in every phase (start-up, reading, counting,
+    /// committing) and spread over the whole topic.
+    pub kill_rate: u32,
+    /// Each kill comes this long after the start plus a seeded delay below `spread`.
+    pub min_delay: Duration,
+    /// See `min_delay`.
+    pub spread: Duration,
+    /// `--max-rate-per-partition` of the final run, which must complete.
+    pub final_rate: u32,
+    /// How long the final run may take.
+    pub final_timeout: Duration,
+}
+
+impl Kills {
+    /// `rounds` kills between 0.4 s (during start-up) and 2.4 s (mid-batch, mid-commit)
+    /// after each start, at 2,500 offsets per partition per second, then a final run at
+    /// 25,000.
+    pub fn new(rounds: u32) -> Kills {
+        Kills {
+            rounds,
+            kill_rate: 2_500,
+            min_delay: Duration::from_millis(400),
+            spread: Duration::from_millis(2_000),
+            final_rate: 25_000,
+            final_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+impl KafkaPipeline {
+    /// Starts tansu (and PostgreSQL if `postgres`), creates `topic` with [`PARTITIONS`]
+    /// partitions and produces `lines` workload lines into it. `None` (after printing why)
+    /// when a server is not installed: the test then skips itself.
+    pub fn start(topic: &str, lines: u64, postgres: bool) -> Option<KafkaPipeline> {
+        Self::start_batched(topic, lines, 1, postgres)
+    }
+
+    /// As [`KafkaPipeline::start`], with `lines_per_record` workload lines per Kafka record
+    /// (joined by '\n'; the word count splits them again).
+    pub fn start_batched(
+        topic: &str,
+        lines: u64,
+        lines_per_record: u32,
+        postgres: bool,
+    ) -> Option<KafkaPipeline> {
+        let tansu = Tansu::start()?;
+        let pg = if postgres {
+            Some(Postgres::start()?)
+        } else {
+            None
+        };
+        let pipeline = KafkaPipeline {
+            tansu,
+            pg,
+            topic: topic.to_owned(),
+            lines,
+            lines_per_record: lines_per_record.max(1),
+            dir: tempfile::tempdir().expect("temporary directory for the Kafka test"),
+        };
+        pipeline.produce();
+        Some(pipeline)
+    }
+
+    /// `ember gen --kafka` the workload into the topic; it writes the expected counts too.
+    fn produce(&self) {
+        let started = Instant::now();
+        let out = Command::new(ember_bin())
+            .args([
+                "gen",
+                "--kafka",
+                &format!("{}/{}", self.bootstrap(), self.topic),
+            ])
+            .args(["--partitions", &PARTITIONS.to_string()])
+            .args(["--lines", &self.lines.to_string()])
+            .args(["--lines-per-record", &self.lines_per_record.to_string()])
+            .arg("--expected")
+            .arg(self.expected_path())
+            .output()
+            .expect("running ember gen --kafka");
+        assert!(
+            out.status.success(),
+            "ember gen --kafka failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!(
+            "produced {} lines ({} per record) into {} in {:.1?}",
+            self.lines,
+            self.lines_per_record,
+            self.topic,
+            started.elapsed()
+        );
+    }
+
+    /// Records (offsets) in the topic: what `ember run wordcount --lines` counts for a
+    /// Kafka source.
+    pub fn records(&self) -> u64 {
+        self.lines.div_ceil(u64::from(self.lines_per_record))
+    }
+
+    /// The broker's `127.0.0.1:PORT`.
+    pub fn bootstrap(&self) -> String {
+        self.tansu.bootstrap()
+    }
+
+    /// The test's temporary directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The workload's expected counts (`word\tcount` lines), written by `ember gen`.
+    pub fn expected_path(&self) -> PathBuf {
+        self.dir().join("expected.tsv")
+    }
+
+    /// The log every `ember run` of this pipeline appends its stderr to.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir().join("ember.log")
+    }
+
+    /// What the runs logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The runs' `--out` file.
+    pub fn out_path(&self) -> PathBuf {
+        self.dir().join("counts.tsv")
+    }
+
+    /// The PostgreSQL server (panics if the pipeline was started without one).
+    pub fn postgres(&self) -> &Postgres {
+        self.pg
+            .as_ref()
+            .expect("KafkaPipeline::start(.., postgres: true) for a PostgreSQL test")
+    }
+
+    /// The pipeline name the PostgreSQL sink keys its batches by: `wc-<topic>`.
+    pub fn pipeline(&self) -> String {
+        format!("wc-{}", self.topic)
+    }
+
+    /// `--sink` for PostgreSQL: table `word_counts`, pipeline [`KafkaPipeline::pipeline`].
+    pub fn postgres_sink(&self) -> String {
+        format!(
+            "{}?table=word_counts&pipeline={}",
+            self.postgres().url(),
+            self.pipeline()
+        )
+    }
+
+    /// The directory the files sink writes to.
+    pub fn files_dir(&self) -> PathBuf {
+        self.dir().join("batches")
+    }
+
+    /// `--sink` for the files sink, into [`KafkaPipeline::files_dir`].
+    pub fn files_sink(&self) -> String {
+        format!("file://{}", self.files_dir().display())
+    }
+
+    /// Starts `ember run wordcount --source kafka://<broker>/<topic> --sink <sink>` over the
+    /// whole topic (`--lines` [`KafkaPipeline::records`]), 200 ms batches, [`PARTITIONS`] partitions, at most
+    /// `max_rate` offsets per partition per second, with `extra` flags after those; its
+    /// stderr is appended to [`KafkaPipeline::log_path`].
+    pub fn spawn_wordcount(&self, sink: &str, max_rate: u32, extra: &[&str]) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("opening the ember log");
+        Command::new(ember_bin())
+            .args(["run", "wordcount", "--source"])
+            .arg(format!("kafka://{}/{}", self.bootstrap(), self.topic))
+            .args(["--sink", sink])
+            .args(["--lines", &self.records().to_string()])
+            .args(["--batch-ms", "200", "--partitions", &PARTITIONS.to_string()])
+            .args(["--max-rate-per-partition", &max_rate.to_string()])
+            .args(["--timeout-s", "240"])
+            .arg("--out")
+            .arg(self.out_path())
+            .args(extra)
+            .env("RUST_LOG", "warn,engine::sink=info,ember::kafka=info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("starting ember run wordcount")
+    }
+
+    /// Runs the word count `kills.rounds` times, killing each run with `kill -9` at a seeded
+    /// moment, then once more to completion, which must succeed. Panics if fewer than half
+    /// the kills happened (the test would prove too little).
+    pub fn kill_rounds(&self, sink: &str, kills: Kills) {
+        let seed: u64 = std::env::var("EMBER_KILL_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(KILL_SEED);
+        eprintln!("kill seed {seed} (EMBER_KILL_SEED to reproduce)");
+        let started = Instant::now();
+        let mut rng = seed;
+        let mut killed = 0;
+        for round in 0..kills.rounds {
+            let mut child = self.spawn_wordcount(sink, kills.kill_rate, &[]);
+            let spread = u64::try_from(kills.spread.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            std::thread::sleep(
+                kills.min_delay + Duration::from_millis(splitmix(&mut rng) % spread),
+            );
+            if child.try_wait().expect("polling ember").is_some() {
+                eprintln!("round {round}: finished before the kill");
+                break;
+            }
+            child.kill().expect("kill -9 ember"); // SIGKILL
+            child.wait().expect("reaping ember");
+            killed += 1;
+        }
+        let kill_phase = started.elapsed();
+        let mut child = self.spawn_wordcount(sink, kills.final_rate, &[]);
+        let status = wait_exit(&mut child, kills.final_timeout);
+        let text = self.log();
+        assert!(
+            status.success(),
+            "the final run failed ({status}); log:\n{text}"
+        );
+        eprintln!(
+            "{killed} kills in {kill_phase:.1?}, final run {:.1?}; {} restarts re-ran a partly \
+             written batch; {} partition writes skipped as already committed",
+            started.elapsed() - kill_phase,
+            text.matches("Partial {").count(),
+            text.matches("already committed by an earlier run").count()
+        );
+        assert!(
+            killed >= kills.rounds / 2,
+            "only {killed} kills happened before the run completed: the test is too short to \
+             prove anything"
+        );
+    }
+
+    /// The workload's expected counts.
+    pub fn expected_counts(&self) -> Counts {
+        std::fs::read_to_string(self.expected_path())
+            .expect("reading the expected counts")
+            .lines()
+            .map(|l| {
+                let (w, c) = l.split_once('\t').expect("word\\tcount");
+                (w.to_owned(), c.parse().expect("a count"))
+            })
+            .collect()
+    }
+
+    /// The topic's end offsets, asked from the broker.
+    pub fn end_offsets(&self) -> Offsets {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .set("group.id", "ember-test-oracle")
+            .create()
+            .expect("a Kafka consumer for the oracle");
+        let partitions = i32::try_from(PARTITIONS).expect("partition count");
+        (0..partitions)
+            .map(|p| {
+                let (_, high) = consumer
+                    .fetch_watermarks(&self.topic, p, Duration::from_secs(10))
+                    .expect("fetching the topic's watermarks");
+                (p, high)
+            })
+            .collect()
+    }
+
+    /// Asserts that PostgreSQL holds exactly the expected counts, and that the newest
+    /// committed batch is complete and ends at the topic's end offsets.
+    pub fn check_postgres(&self) {
+        let (counts, stored) = read_postgres(&self.postgres().url(), &self.pipeline());
+        self.check_exact("PostgreSQL", &counts);
+        assert_eq!(
+            stored,
+            self.end_offsets(),
+            "stored offsets are not the topic's end offsets"
+        );
+    }
+
+    /// Asserts that the complete batch directories of the files sink sum to exactly the
+    /// expected counts, and that the newest one ends at the topic's end offsets.
+    pub fn check_files(&self) {
+        let (counts, stored) = read_files(&self.files_dir());
+        self.check_exact("the summed batch files", &counts);
+        assert_eq!(
+            stored,
+            self.end_offsets(),
+            "the newest batch's offsets are not the topic's end offsets"
+        );
+    }
+
+    /// Asserts `counts` equal the expected counts, naming a few differences and the log.
+    pub fn check_exact(&self, what: &str, counts: &Counts) {
+        let expected = self.expected_counts();
+        if *counts != expected {
+            let wrong: Vec<_> = expected
+                .iter()
+                .filter(|(w, c)| counts.get(*w) != Some(c))
+                .take(5)
+                .map(|(w, c)| format!("{w}: expected {c}, stored {:?}", counts.get(w)))
+                .collect();
+            let extra = counts.keys().filter(|w| !expected.contains_key(*w)).count();
+            panic!(
+                "{what}: counts differ from the workload's ({} vs {} words, {extra} unexpected): \
+                 {wrong:?}\nlog:\n{}",
+                counts.len(),
+                expected.len(),
+                self.log()
+            );
+        }
+    }
+}
+
+/// Waits for `child` to exit, at most `timeout` (then kills it and panics).
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("polling ember") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ember run wordcount did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `sql` (one or more statements) against the PostgreSQL at `url`.
+pub fn execute_sql(url: &str, sql: &str) {
+    let rt = current_thread_runtime();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("connecting to PostgreSQL");
+        tokio::spawn(conn);
+        client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    });
+}
+
+/// Runs a query against the PostgreSQL at `url` and returns its rows.
+pub fn query_sql(url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
+    let rt = current_thread_runtime();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("connecting to PostgreSQL");
+        tokio::spawn(conn);
+        client
+            .query(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    })
+}
+
+fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// The `word_counts` table and the offsets of `pipeline`'s newest batch, read from the
+/// PostgreSQL at `url`; asserts that newest batch committed every partition (batches run
+/// one at a time, so after a completed run every batch is complete).
+pub fn read_postgres(url: &str, pipeline: &str) -> (Counts, Offsets) {
+    let counts = query_sql(url, "SELECT key, value FROM word_counts")
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+        .collect();
+    let newest = query_sql(
+        url,
+        &format!(
+            "SELECT partition, partitions, offsets FROM ember_batches WHERE pipeline = '{pipeline}' \
+             AND batch_time_ms = (SELECT max(batch_time_ms) FROM ember_batches WHERE pipeline = '{pipeline}')"
+        ),
+    );
+    assert!(!newest.is_empty(), "no batch stored for {pipeline}");
+    let partitions: i32 = newest[0].get(1);
+    assert_eq!(
+        newest.len(),
+        usize::try_from(partitions).expect("partition count"),
+        "the newest batch is only partly committed"
+    );
+    let offsets: String = newest[0].get(2);
+    (counts, parse_offsets(&offsets))
+}
+
+/// The files sink's results under `dir`: the sum over every complete batch directory (one
+/// with `_SUCCESS`), and the newest complete batch's offsets.
+pub fn read_files(dir: &Path) -> (Counts, Offsets) {
+    let mut totals = Counts::new();
+    let mut newest: Option<(u64, String)> = None;
+    for entry in std::fs::read_dir(dir).expect("listing the files sink's directory") {
+        let batch = entry.expect("a directory entry").path();
+        let name = batch
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Some(ms) = name
+            .strip_prefix("batch-")
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if !batch.join("_SUCCESS").exists() {
+            continue;
+        }
+        if newest.as_ref().is_none_or(|(t, _)| ms > *t) {
+            let offsets =
+                std::fs::read_to_string(batch.join("_OFFSETS")).expect("reading _OFFSETS");
+            newest = Some((ms, offsets));
+        }
+        for part in std::fs::read_dir(&batch).expect("listing a batch directory") {
+            let part = part.expect("a directory entry").path();
+            let is_part = part
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("part-"));
+            if !is_part {
+                continue;
+            }
+            let text = std::fs::read_to_string(&part).expect("reading a part file");
+            for line in text.lines() {
+                let (word, count) = line
+                    .strip_prefix('(')
+                    .and_then(|l| l.strip_suffix(')'))
+                    .and_then(|l| l.rsplit_once(','))
+                    .unwrap_or_else(|| panic!("{}: not a (word,count) line", part.display()));
+                *totals.entry(word.to_owned()).or_insert(0) +=
+                    count.parse::<i64>().expect("a count");
+            }
+        }
+    }
+    let (_, offsets) = newest.expect("no complete batch directory");
+    (totals, parse_offsets(&offsets))
+}
+
+/// `[{"topic":..,"partition":p,"from":f,"until":u},...]` into partition → until. Parsed by
+/// hand, not with the engine's serde types, so a change there cannot hide here.
+pub fn parse_offsets(offsets: &str) -> Offsets {
+    let mut stored = Offsets::new();
+    for range in offsets.split('{').skip(1) {
+        let field = |name: &str| -> i64 {
+            let key = format!("\"{name}\":");
+            let at = range
+                .find(&key)
+                .unwrap_or_else(|| panic!("no {name} in offset range {range:?}"))
+                + key.len();
+            range[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '-')
+                .collect::<String>()
+                .parse()
+                .unwrap_or_else(|e| panic!("{name} in offset range {range:?}: {e}"))
+        };
+        let partition = i32::try_from(field("partition")).expect("a partition number");
+        stored.insert(partition, field("until"));
+    }
+    stored
+}
+
+/// A tiny seeded generator (splitmix64) for kill moments.
+pub fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
