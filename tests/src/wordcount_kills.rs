@@ -1,6 +1,7 @@
 //! The word-count kill suite shared by the per-mode tests (`tests/tests/kill_wordcount_*.rs`):
 //! a real `ember gen --ack` generator that lives across driver restarts, a real
-//! `ember run wordcount --checkpoint DIR` driver killed with `kill -9` at seeded moments and
+//! `ember run wordcount --checkpoint DIR|s3://...` driver (its checkpoint location in a
+//! temporary directory or on the moto S3 server, [`Storage`]) killed with `kill -9` at seeded moments and
 //! started again with the same arguments, optionally `ember executor`s (one of which is
 //! also killed and restarted), and at the end an exact comparison of the counts with the
 //! generator's expected counts.
@@ -49,11 +50,25 @@ impl Mode {
     }
 }
 
+/// Where the driver keeps what must survive it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    /// Everything in a local checkpoint directory (`--checkpoint DIR`).
+    Local,
+    /// The checkpoint location on the moto S3 server (`--checkpoint s3://bucket/prefix`):
+    /// checkpoints, the metadata log and, under `Mode::Wal`, the data WAL, with the S3
+    /// settings in the driver's `AWS_*` environment. The suite is skipped (saying so) if
+    /// moto is not installed.
+    S3,
+}
+
 /// One suite's parameters.
 #[derive(Clone, Debug)]
 pub struct Suite {
     /// The mode.
     pub mode: Mode,
+    /// Where the checkpoint location (and the data WAL) lives.
+    pub storage: Storage,
     /// The default seed (`EMBER_KILL_SEED` overrides it).
     pub seed: u64,
     /// Lines of the workload.
@@ -66,6 +81,36 @@ pub struct Suite {
     pub max_rate: u64,
     /// Each driver run lives a seeded time in this range (ms) before its `kill -9`.
     pub kill_after_ms: std::ops::Range<u64>,
+}
+
+impl Suite {
+    /// The standard scale of the per-mode suites: 500 k lines of 10 words, 20 kills, the
+    /// driver capped at 20 k lines/s so the run lasts ~25 s and each driver lives
+    /// 0.3-1.2 s: kills land in every phase (start-up, recovery, steady state, checkpoint)
+    /// while the suite stays near 30-40 s on a loaded 2-core machine (the CI budget).
+    pub fn standard(mode: Mode, storage: Storage, seed: u64) -> Suite {
+        Suite {
+            mode,
+            storage,
+            seed,
+            lines: 500_000,
+            words: 10,
+            kills: 20,
+            max_rate: 20_000,
+            kill_after_ms: 300..1_200,
+        }
+    }
+
+    /// [`run`], then prints what the suite saw (kills landed, losses, the generator's
+    /// statistics). `None` if the suite was skipped.
+    pub fn run_and_report(&self) -> Option<Outcome> {
+        let outcome = run(self)?;
+        eprintln!(
+            "kills landed: {}, lost records: {}, generator: {}",
+            outcome.kills_landed, outcome.lost_records, outcome.ack_stats
+        );
+        Some(outcome)
+    }
 }
 
 /// What a suite saw, for the test's own extra checks.
@@ -120,8 +165,13 @@ impl Drop for SeedReport {
     }
 }
 
-/// Runs a suite; panics (after printing its seed) on any violated oracle.
-pub fn run(suite: &Suite) -> Outcome {
+/// Runs a suite; panics (after printing its seed) on any violated oracle. `None` (after a
+/// skip message) only for [`Storage::S3`] without moto installed.
+pub fn run(suite: &Suite) -> Option<Outcome> {
+    let s3 = match suite.storage {
+        Storage::Local => None,
+        Storage::S3 => Some(crate::moto::Moto::shared()?),
+    };
     let seed = std::env::var("EMBER_KILL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -156,7 +206,11 @@ pub fn run(suite: &Suite) -> Outcome {
         _ => Vec::new(),
     };
     let out = dir.join("counts.tsv");
-    let checkpoint = dir.join("checkpoint");
+    let checkpoint = match s3 {
+        None => dir.join("checkpoint").display().to_string(),
+        Some(moto) => moto.fresh_url(&format!("kill-{}", suite.mode.flag())),
+    };
+    eprintln!("checkpoint location: {checkpoint}");
     let mut args: Vec<String> = vec![
         "run".into(),
         "wordcount".into(),
@@ -165,7 +219,7 @@ pub fn run(suite: &Suite) -> Outcome {
         "--durability".into(),
         suite.mode.flag().into(),
         "--checkpoint".into(),
-        checkpoint.display().to_string(),
+        checkpoint,
         "--lines".into(),
         suite.lines.to_string(),
         "--out".into(),
@@ -192,6 +246,16 @@ pub fn run(suite: &Suite) -> Outcome {
         args.push("2".into());
     }
 
+    // The driver's S3 settings, from the environment as a user would give them.
+    let env: Vec<(String, String)> = s3
+        .map(|moto| {
+            moto.s3_settings()
+                .into_iter()
+                .map(|(k, v)| (k.to_uppercase(), v))
+                .collect()
+        })
+        .unwrap_or_default();
+
     let mut kills_landed = 0;
     let mut finished = None;
     for i in 0..suite.kills {
@@ -204,7 +268,7 @@ pub fn run(suite: &Suite) -> Outcome {
                 rng.in_range(&(0..live_ms)),
             )
         });
-        let mut driver = Driver::start(&args, &dir, i);
+        let mut driver = Driver::start(&args, &env, &dir, i);
         let started = Instant::now();
         if let Some((victim, at_ms)) = executor_kill {
             sleep_until(started + Duration::from_millis(at_ms));
@@ -244,7 +308,7 @@ pub fn run(suite: &Suite) -> Outcome {
 
     // The final run, to completion.
     let last = suite.kills;
-    let mut driver = Driver::start(&args, &dir, last);
+    let mut driver = Driver::start(&args, &env, &dir, last);
     let status = driver.wait(Duration::from_secs(240));
     let stdout = fs::read_to_string(dir.join(format!("run-{last}.out"))).unwrap_or_default();
     assert!(
@@ -302,12 +366,12 @@ pub fn run(suite: &Suite) -> Outcome {
     drop(executors);
     drop(_report);
     let _ = fs::remove_dir_all(&dir);
-    Outcome {
+    Some(Outcome {
         metrics,
         lost_records,
         kills_landed,
         ack_stats,
-    }
+    })
 }
 
 fn sleep_until(t: Instant) {
@@ -505,11 +569,12 @@ struct Driver {
 }
 
 impl Driver {
-    fn start(args: &[String], dir: &Path, i: usize) -> Driver {
+    fn start(args: &[String], env: &[(String, String)], dir: &Path, i: usize) -> Driver {
         let out = fs::File::create(dir.join(format!("run-{i}.out"))).expect("run log");
         let err = fs::File::create(dir.join(format!("run-{i}.err"))).expect("run log");
         let child = Command::new(ember_bin())
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("NO_COLOR", "1")
             .env(
                 "RUST_LOG",

@@ -2,21 +2,9 @@
 //! The harness and its oracles: `tests::wordcount_kills`. Rerun a failing seed with
 //! `EMBER_KILL_SEED=<seed> cargo test -p tests --test kill_wordcount_wal -- --nocapture`.
 
-use tests::wordcount_kills::{Mode, Suite, run};
+use tests::wordcount_kills::{Mode, Storage, Suite};
 
 #[test]
 fn kill_9_the_driver_20_times() {
-    let outcome = run(&Suite {
-        mode: Mode::Wal,
-        seed: 5002,
-        lines: 500_000,
-        words: 10,
-        kills: 20,
-        max_rate: 20_000,
-        kill_after_ms: 300..1_200,
-    });
-    eprintln!(
-        "kills landed: {}, lost records: {}, generator: {}",
-        outcome.kills_landed, outcome.lost_records, outcome.ack_stats
-    );
+    Suite::standard(Mode::Wal, Storage::Local, 5002).run_and_report();
 }

@@ -21,7 +21,9 @@
 //! DIR/metadata/      the driver metadata log (a `wal` log; records in [`metadata`])
 //! ```
 //! WAL-mode streams keep their data log in `<Wal::dir>/stream-<id>/` (or, on object
-//! storage, under `<WalUrl::url>/stream-<id>/`).
+//! storage, under `<WalUrl::url>/stream-<id>/`). A checkpoint location on object storage
+//! ([`crate::StreamingContext::get_or_create_at`] with `s3://bucket/prefix`) has the same
+//! two parts as key prefixes: `<url>/checkpoints/` and `<url>/metadata/`.
 //!
 //! # What happens at run time
 //!
@@ -150,14 +152,19 @@ impl Durability {
     /// plain paths, else an object store. Fails on a URL that does not parse (the error
     /// names it); whether the storage is reachable is checked when the context opens.
     pub fn wal_at(url: &str) -> std::result::Result<Self, wal::Error> {
-        Ok(match wal::objstore::StorageUrl::parse(url)? {
+        Ok(Self::wal_at_url(wal::objstore::StorageUrl::parse(url)?))
+    }
+
+    /// [`Durability::wal_at`] for a parsed URL.
+    pub fn wal_at_url(url: wal::objstore::StorageUrl) -> Self {
+        match url {
             wal::objstore::StorageUrl::Local(dir) => Durability::wal(dir),
             url => Durability::WalUrl {
                 url,
                 options: wal::objstore::ObjectOptions::default(),
                 sync: SyncPolicy::GROUP_COMMIT_DEFAULT,
             },
-        })
+        }
     }
 
     fn describe(&self) -> String {
@@ -189,6 +196,10 @@ pub struct DurabilityConfig {
     /// The block store settings of replicated streams (`peer_replicas` is set from the
     /// mode's `replication`).
     pub blockstore: blockstore::Config,
+    /// Connection settings of a checkpoint location on object storage
+    /// ([`StreamingContext::get_or_create_at`]), beyond the environment's `AWS_*`
+    /// variables. (A [`Durability::WalUrl`] stream carries its own.)
+    pub object_options: wal::objstore::ObjectOptions,
 }
 
 impl Default for DurabilityConfig {
@@ -200,6 +211,7 @@ impl Default for DurabilityConfig {
             checkpoints_retained: 3,
             metadata_sync: SyncPolicy::GROUP_COMMIT_DEFAULT,
             blockstore: blockstore::Config::default(),
+            object_options: wal::objstore::ObjectOptions::default(),
         }
     }
 }
@@ -244,14 +256,27 @@ impl DurabilityConfig {
     }
 }
 
+/// Where checkpoints live inside a checkpoint location.
+const CHECKPOINTS: &str = "checkpoints";
+/// Where the metadata log lives inside a checkpoint location.
+const METADATA: &str = "metadata";
+
 /// The checkpoint directory's parts.
 pub fn checkpoints_dir(dir: &Path) -> PathBuf {
-    dir.join("checkpoints")
+    dir.join(CHECKPOINTS)
 }
 
 /// The metadata log's directory.
 pub fn metadata_dir(dir: &Path) -> PathBuf {
-    dir.join("metadata")
+    dir.join(METADATA)
+}
+
+/// A checkpoint location for messages: a local directory as its path, else its URL.
+fn location_name(location: &wal::objstore::StorageUrl) -> String {
+    match location {
+        wal::objstore::StorageUrl::Local(dir) => dir.display().to_string(),
+        url => url.to_string(),
+    }
 }
 
 /// Where a WAL-mode stream keeps its data log.
@@ -786,8 +811,46 @@ impl StreamingContext {
         clock: Arc<dyn Clock>,
         build: impl FnOnce(&StreamingContext) -> Result<()>,
     ) -> Result<StreamingContext> {
+        let location = wal::objstore::StorageUrl::Local(checkpoint_dir.as_ref().to_path_buf());
+        Self::get_or_create_at_with_clock(&location, config, durability, clock, build)
+    }
+
+    /// [`StreamingContext::get_or_create`] with the checkpoint location given as a storage
+    /// URL: a local directory (`file://`, or a [`wal::objstore::StorageUrl::Local`] path)
+    /// or an object store (`s3://bucket/prefix`, `memory://`, `hdfs://`), for machines
+    /// whose local disks do not survive them. The layout is the same as a directory's:
+    /// checkpoints under `<url>/checkpoints/` (the `checkpoint` crate's `ObjectBackend`:
+    /// create-only puts, the same fallback rule), the metadata log under
+    /// `<url>/metadata/` (a `wal` log on `wal::objstore`: one conditional put per group
+    /// commit). Connection settings come from the `AWS_*` environment, then
+    /// `durability.object_options`. Both locations are checked with a listing request
+    /// before anything else happens, so a bad URL, a missing bucket or refused credentials
+    /// fail here, naming the URL, before any data is accepted.
+    pub fn get_or_create_at(
+        location: &wal::objstore::StorageUrl,
+        config: Config,
+        durability: DurabilityConfig,
+        build: impl FnOnce(&StreamingContext) -> Result<()>,
+    ) -> Result<StreamingContext> {
+        Self::get_or_create_at_with_clock(
+            location,
+            config,
+            durability,
+            Arc::new(SystemClock),
+            build,
+        )
+    }
+
+    /// [`StreamingContext::get_or_create_at`] on a given clock (tests).
+    pub fn get_or_create_at_with_clock(
+        location: &wal::objstore::StorageUrl,
+        config: Config,
+        durability: DurabilityConfig,
+        clock: Arc<dyn Clock>,
+        build: impl FnOnce(&StreamingContext) -> Result<()>,
+    ) -> Result<StreamingContext> {
         durability.validate()?;
-        let dir = checkpoint_dir.as_ref();
+        let where_ = location_name(location);
         let interval_ms = config.batch_interval_ms;
         let ctx = StreamingContext::with_clock(config, Arc::clone(&clock))?;
         build(&ctx)?;
@@ -795,13 +858,19 @@ impl StreamingContext {
         let graph = graph_description(&ops);
         let stateful = ops.iter().any(|o| o.state.is_some());
 
-        let store = CheckpointStore::open_dir(
-            checkpoints_dir(dir),
-            checkpoint::Config {
-                checkpoints_retained: durability.checkpoints_retained,
-                ..checkpoint::Config::default()
-            },
-        )?;
+        let ckpt_config = checkpoint::Config {
+            checkpoints_retained: durability.checkpoints_retained,
+            ..checkpoint::Config::default()
+        };
+        let store = match location {
+            wal::objstore::StorageUrl::Local(dir) => {
+                CheckpointStore::open_dir(checkpoints_dir(dir), ckpt_config)?
+            }
+            url => CheckpointStore::open(
+                checkpoint::backend_for_url(&url.join(CHECKPOINTS), &durability.object_options)?,
+                ckpt_config,
+            )?,
+        };
         let restored = store.restore()?;
         if let Some(r) = &restored {
             for s in &r.skipped {
@@ -815,8 +884,28 @@ impl StreamingContext {
         let from = restored
             .as_ref()
             .map(|r| Lsn::new(r.checkpoint.parts().metadata_log_lsn.get() + 1));
-        let (log, replayed) =
-            WalMetadataLog::open(&metadata_dir(dir), durability.metadata_sync, from)?;
+        let (log, replayed) = match location {
+            wal::objstore::StorageUrl::Local(dir) => {
+                WalMetadataLog::open(&metadata_dir(dir), durability.metadata_sync, from)?
+            }
+            url => {
+                let url = url.join(METADATA);
+                let wal = wal::Wal::open_url(
+                    &url,
+                    &durability.object_options,
+                    wal::Config {
+                        sync_policy: durability.metadata_sync,
+                        ..wal::Config::default()
+                    },
+                )
+                .map_err(|source| Error::Wal {
+                    what: "open the metadata log",
+                    location: url.to_string(),
+                    source,
+                })?;
+                WalMetadataLog::with_wal(Arc::new(wal), from)?
+            }
+        };
         let log = Arc::new(log);
         let plan = RestartPlan::compute(restored.as_ref(), replayed, stateful)?;
 
@@ -827,9 +916,8 @@ impl StreamingContext {
                     return Err(Error::config(
                         "batch_interval_ms",
                         format!(
-                            "{interval_ms} ms, but the pipeline in {} runs on a {} ms grid; \
-                             restart with the same interval or use a new checkpoint directory",
-                            dir.display(),
+                            "{interval_ms} ms, but the pipeline in {where_} runs on a {} ms grid; \
+                             restart with the same interval or use a new checkpoint location",
                             plan.mirror.interval_ms
                         ),
                     ));
@@ -943,8 +1031,7 @@ impl StreamingContext {
                 checkpoint = ?plan.checkpoint.as_ref().map(|c| &c.0),
                 rerun = plan.rerun.len(),
                 unallocated = m.unallocated.len(),
-                "restarting from {}",
-                dir.display()
+                "restarting from {where_}"
             );
             *lock(&ctx.recovered) = Some(Restore {
                 zero,

@@ -1,8 +1,9 @@
 //! `ember run wordcount`: the word count with a running total, over a socket text source,
 //! until N lines have been processed; writes the sorted counts and the baseline's metrics.
 //!
-//! With `--checkpoint DIR` the run is restartable: the context comes from
-//! `StreamingContext::get_or_create(DIR, ...)`, the lines processed so far are kept in state
+//! With `--checkpoint DIR|URL` the run is restartable: the context comes from
+//! `StreamingContext::get_or_create_at(location, ...)` (a directory, or an object store such
+//! as `s3://bucket/prefix`; `--wal` can put the data WAL elsewhere), the lines processed so far are kept in state
 //! next to the counts, and a run killed at any moment and started again with the same
 //! arguments recovers from DIR and carries on to N lines. With `--source ...?ack=1` and
 //! `--durability wal|replicated` its final counts are exact. Under `--durability ignore`,
@@ -20,6 +21,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use engine::{Durability, DurabilityConfig, StreamingContext};
 use serde_json::{Value, json};
+use wal::objstore::StorageUrl;
 
 use crate::wordcount::{self, Monitor, Observed, Settings};
 
@@ -52,13 +54,20 @@ pub struct WordcountArgs {
     #[command(flatten)]
     kafka: crate::kafka::KafkaArgs,
     /// How received blocks survive a crash: ignore (in memory; losses counted), wal
-    /// (DIR/wal, synced before the acknowledgement) or replicated (on --executors).
+    /// (--wal, synced or put before the acknowledgement) or replicated (on --executors).
     #[arg(long, value_enum, default_value_t = Mode::Ignore)]
     durability: Mode,
-    /// Checkpoint directory: makes the run restartable (metadata log, checkpoints, state
-    /// snapshots; the WAL too under --durability wal). Needed for wal and replicated.
-    #[arg(long, value_name = "DIR")]
-    checkpoint: Option<PathBuf>,
+    /// Checkpoint location: makes the run restartable (metadata log, checkpoints, state
+    /// snapshots; the WAL too under --durability wal unless --wal says otherwise). A
+    /// directory, file:///path, or s3://bucket/prefix for machines whose disks do not
+    /// survive them (S3 settings from AWS_ENDPOINT, AWS_REGION, AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP). Needed for wal and replicated.
+    #[arg(long, value_name = "DIR|URL")]
+    checkpoint: Option<String>,
+    /// With --durability wal: where the data WAL lives, a directory or a storage URL
+    /// (s3://bucket/prefix: one conditional PUT per group commit) [default: CHECKPOINT/wal].
+    #[arg(long, value_name = "DIR|URL")]
+    wal: Option<String>,
     /// With --durability replicated: the `ember executor` addresses, comma-separated.
     #[arg(long, value_name = "ADDR,...", value_delimiter = ',')]
     executors: Vec<String>,
@@ -194,6 +203,7 @@ fn wordcount_main(args: WordcountArgs) -> anyhow::Result<ExitCode> {
     }
     let source = parse_source(&args.source)?;
     check_durability_flags(&args)?;
+    let storage = parse_storage_flags(&args)?;
     let settings = Settings {
         address: source.address.clone(),
         batch_ms: args.batch_ms,
@@ -211,7 +221,8 @@ fn wordcount_main(args: WordcountArgs) -> anyhow::Result<ExitCode> {
     } else {
         engine::SocketOptions::default()
     };
-    let (ctx, totals, lines_done) = open_context(&args, config, &settings.address, options)?;
+    let (ctx, totals, lines_done) =
+        open_context(&args, &storage, config, &settings.address, options)?;
     let observed = Arc::new(Observed::default());
     // The run ends on the lines in state (plus, under ignore, the lines lost), which
     // survive restarts; the monitor only collects this run's batch metrics.
@@ -221,9 +232,10 @@ fn wordcount_main(args: WordcountArgs) -> anyhow::Result<ExitCode> {
         stop: ctx.stop_handle(),
         on_batch: None,
     }));
-    let ledger = match &args.checkpoint {
-        Some(dir) => Some(Arc::new(LostLedger::open(&dir.join(LOST_LEDGER))?)),
-        None => None,
+    let ledger = match &storage.checkpoint {
+        Some(StorageUrl::Local(dir)) => Some(Arc::new(LostLedger::open(&dir.join(LOST_LEDGER))?)),
+        // Refused by parse_storage_flags under ignore, the only mode that loses records.
+        Some(_) | None => None,
     };
     let completion = Arc::new(Completion {
         lines: args.lines,
@@ -351,10 +363,50 @@ fn wordcount_main(args: WordcountArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Where `--checkpoint` and `--wal` point, parsed.
+#[derive(Debug)]
+struct Storage {
+    /// `--checkpoint`.
+    checkpoint: Option<StorageUrl>,
+    /// Under `--durability wal`: `--wal`, or the checkpoint location's `wal/`.
+    wal: Option<StorageUrl>,
+}
+
+/// Parses `--checkpoint` and `--wal` (whether the locations are reachable is checked when
+/// the context opens, before any data is accepted).
+fn parse_storage_flags(args: &WordcountArgs) -> anyhow::Result<Storage> {
+    let parse =
+        |flag: &str, url: &str| StorageUrl::parse(url).with_context(|| format!("--{flag} {url:?}"));
+    let checkpoint = args
+        .checkpoint
+        .as_deref()
+        .map(|c| parse("checkpoint", c))
+        .transpose()?;
+    let wal = match (&args.wal, args.durability) {
+        (Some(url), Mode::Wal) => Some(parse("wal", url)?),
+        (Some(_), mode) => bail!(
+            "--wal is only for --durability wal (this run is --durability {})",
+            mode.name()
+        ),
+        (None, Mode::Wal) => checkpoint.as_ref().map(|c| c.join("wal")),
+        (None, _) => None,
+    };
+    if args.durability == Mode::Ignore
+        && let Some(url) = checkpoint.as_ref().filter(|c| c.is_object_store())
+    {
+        bail!(
+            "--durability ignore with --checkpoint {url}: ignore mode keeps its ledger of lost \
+             records ({LOST_LEDGER}) in a local checkpoint directory; use a directory, or \
+             --durability wal with the WAL on the object store"
+        );
+    }
+    Ok(Storage { checkpoint, wal })
+}
+
 fn check_durability_flags(args: &WordcountArgs) -> anyhow::Result<()> {
     match args.durability {
         Mode::Wal | Mode::Replicated if args.checkpoint.is_none() => bail!(
-            "--durability {} needs --checkpoint DIR (where the metadata log, checkpoints{} live)",
+            "--durability {} needs --checkpoint DIR|URL (where the metadata log, checkpoints{} live)",
             args.durability.name(),
             if args.durability == Mode::Wal {
                 " and the WAL"
@@ -380,21 +432,27 @@ fn check_durability_flags(args: &WordcountArgs) -> anyhow::Result<()> {
 }
 
 /// The context, built with the restartable word count: a checkpointed one (which resumes
-/// from DIR) with `--checkpoint`, else a plain one.
+/// from its location) with `--checkpoint`, else a plain one.
 fn open_context(
     args: &WordcountArgs,
+    storage: &Storage,
     config: engine::Config,
     address: &str,
     options: engine::SocketOptions,
 ) -> anyhow::Result<(StreamingContext, wordcount::Totals, Arc<AtomicU64>)> {
-    let Some(dir) = &args.checkpoint else {
+    let Some(location) = &storage.checkpoint else {
         let ctx = StreamingContext::new(config).context("invalid settings")?;
         let (totals, lines) = wordcount::build_restartable(&ctx, address, options)?;
         return Ok((ctx, totals, lines));
     };
     let mode = match args.durability {
         Mode::Ignore => Durability::Ignore,
-        Mode::Wal => Durability::wal(dir.join("wal")),
+        Mode::Wal => Durability::wal_at_url(
+            storage
+                .wal
+                .clone()
+                .context("--durability wal without a WAL location")?,
+        ),
         Mode::Replicated => Durability::Replicated {
             executors: args.executors.clone(),
             replication: args.replication,
@@ -405,11 +463,11 @@ fn open_context(
         ..DurabilityConfig::new(mode)
     };
     let mut built = None;
-    let ctx = StreamingContext::get_or_create(dir, config, durability, |ctx| {
+    let ctx = StreamingContext::get_or_create_at(location, config, durability, |ctx| {
         built = Some(wordcount::build_restartable(ctx, address, options)?);
         Ok(())
     })
-    .with_context(|| format!("opening the checkpointed pipeline in {}", dir.display()))?;
+    .with_context(|| format!("opening the checkpointed pipeline at {location}"))?;
     let (totals, lines) = built.context("the pipeline was not built")?;
     Ok((ctx, totals, lines))
 }
