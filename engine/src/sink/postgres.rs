@@ -24,6 +24,37 @@
 //! <table>(key text PRIMARY KEY, value bigint)
 //! ```
 //!
+//! # Fenced writes (consumer groups)
+//!
+//! With [`PostgresOptions::fenced`] (what a source in a consumer group needs), a batch is
+//! written in **one** transaction for all its partitions, and the transaction is fenced on
+//! the offsets stored per Kafka partition:
+//!
+//! ```text
+//! ember_offsets(pipeline text, topic text, partition int,
+//!               from_offset bigint, until_offset bigint,  -- the last range written
+//!               batch_time_ms bigint, committed_at timestamptz,
+//!               PRIMARY KEY (pipeline, topic, partition))
+//! ```
+//!
+//! For each non-empty range `[from, until)` of the batch, the transaction locks the
+//! partition's row (`SELECT ... FOR UPDATE`; a missing row counts as ending at `from`) and
+//!
+//! | stored row | verdict |
+//! |---|---|
+//! | ends at `from` | fresh: the row moves to `[from, until)` |
+//! | is exactly `[from, until)` | already written (the same records, by a re-run or another member) |
+//! | anything else | **fenced**: another consumer of the group wrote this partition past or before `from` |
+//!
+//! All ranges fresh: the results are upserted and the transaction commits. All already
+//! written: nothing is written (a re-run). Any fenced range, or a mix: the transaction rolls
+//! back and the batch fails with an error naming the topic, partition and offsets. So a
+//! zombie batch (planned over a partition that was revoked meanwhile) cannot count a range
+//! twice or skip one: each partition's offsets in `ember_offsets` advance only contiguously,
+//! and the results change in the same transaction. [`PostgresSink::stored_offsets`] is where
+//! a newly assigned partition resumes. Fenced pipelines write no `ember_batches` rows;
+//! [`PostgresSink::progress`] is for assign mode.
+//!
 //! A lost connection (PostgreSQL restarting) is retried with back-off for up to
 //! `retry_timeout`, reconnecting; a re-tried transaction is safe because of its key. SQL
 //! errors that no retry can fix (a wrong table layout, permissions) fail the batch at once.
@@ -97,6 +128,9 @@ pub struct PostgresOptions {
     pub upsert: Upsert,
     /// How long to keep retrying a lost connection before the batch fails.
     pub retry_timeout: Duration,
+    /// One transaction per batch, fenced on the offsets stored per Kafka partition (see
+    /// "Fenced writes" in the module docs): for sources in a consumer group.
+    pub fenced: bool,
 }
 
 impl PostgresOptions {
@@ -107,6 +141,7 @@ impl PostgresOptions {
             table: table.into(),
             upsert: Upsert::Add,
             retry_timeout: Duration::from_secs(60),
+            fenced: false,
         }
     }
 }
@@ -148,6 +183,14 @@ where
     F: for<'a> Fn(&'a mut Client) -> TxFuture<'a, R>,
 {
     f
+}
+
+/// The error with the server's SQLSTATE and message (tokio-postgres shows only "db error").
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{e}: {} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 /// Whether another attempt (after reconnecting) can succeed.
@@ -232,13 +275,22 @@ impl PostgresSink {
             clients: Mutex::default(),
             upsert_sql,
         };
+        // Serialised by an advisory lock: concurrent `CREATE TABLE IF NOT EXISTS` (several
+        // members of a group starting at once) can otherwise fail on pg_type's unique index.
         let ddl = format!(
-            "CREATE TABLE IF NOT EXISTS ember_batches (
+            "BEGIN; SELECT pg_advisory_xact_lock(7365626572);
+             CREATE TABLE IF NOT EXISTS ember_batches (
                 pipeline text NOT NULL, batch_time_ms bigint NOT NULL, partition integer NOT NULL,
                 partitions integer NOT NULL, offsets text NOT NULL, records bigint NOT NULL,
                 committed_at timestamptz NOT NULL DEFAULT now(),
                 PRIMARY KEY (pipeline, batch_time_ms, partition));
-             CREATE TABLE IF NOT EXISTS {table} (key text PRIMARY KEY, value bigint NOT NULL);",
+             CREATE TABLE IF NOT EXISTS ember_offsets (
+                pipeline text NOT NULL, topic text NOT NULL, partition integer NOT NULL,
+                from_offset bigint NOT NULL, until_offset bigint NOT NULL,
+                batch_time_ms bigint NOT NULL, committed_at timestamptz NOT NULL DEFAULT now(),
+                PRIMARY KEY (pipeline, topic, partition));
+             CREATE TABLE IF NOT EXISTS {table} (key text PRIMARY KEY, value bigint NOT NULL);
+             COMMIT;",
             table = sink.options.table
         );
         sink.with_client(|client| {
@@ -297,6 +349,191 @@ impl PostgresSink {
         })
     }
 
+    /// The next offset of each partition of `topic` that `pipeline` wrote in fenced mode
+    /// (`ember_offsets`), optionally only `partitions`.
+    pub fn stored_offsets(
+        &self,
+        pipeline: &str,
+        topic: &str,
+        partitions: Option<&[i32]>,
+    ) -> Result<std::collections::BTreeMap<i32, i64>> {
+        let (pipeline, topic) = (pipeline.to_owned(), topic.to_owned());
+        let rows = self
+            .with_client(move |client| {
+                let (pipeline, topic) = (pipeline.clone(), topic.clone());
+                Box::pin(async move {
+                    client
+                        .query(
+                            "SELECT partition, until_offset FROM ember_offsets \
+                             WHERE pipeline = $1 AND topic = $2",
+                            &[&pipeline, &topic],
+                        )
+                        .await
+                })
+            })
+            .map_err(|e| {
+                sink_error(
+                    &self.address,
+                    format!("cannot read the stored offsets (ember_offsets): {e}"),
+                )
+            })?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, i32>(0), r.get::<_, i64>(1)))
+            .filter(|(p, _)| partitions.is_none_or(|ps| ps.contains(p)))
+            .collect())
+    }
+
+    /// [`PostgresSink::stored_offsets`] of `pipeline` as the lookup a subscribed Kafka
+    /// source resumes its newly assigned partitions from.
+    pub fn stored_offsets_for(
+        self: &Arc<Self>,
+        pipeline: &str,
+    ) -> crate::source::kafka::StoredOffsets {
+        let sink = Arc::clone(self);
+        let pipeline = pipeline.to_owned();
+        crate::source::kafka::StoredOffsets(Arc::new(move |topic, partitions| {
+            sink.stored_offsets(&pipeline, topic, Some(partitions))
+                .map_err(|e| e.to_string())
+        }))
+    }
+
+    /// Writes a batch in one transaction fenced on `ember_offsets` (see the module docs).
+    fn write_fenced<T: PostgresRow>(
+        &self,
+        batch: &BatchOutput,
+        data: &BatchData<T>,
+    ) -> std::result::Result<(), String> {
+        let mut ranges: Vec<OffsetRange> = batch
+            .offsets
+            .iter()
+            .filter(|r| r.until > r.from)
+            .cloned()
+            .collect();
+        if ranges.is_empty() {
+            if data.is_empty() {
+                return Ok(());
+            }
+            // Without its offsets a batch cannot be fenced: refuse rather than risk a
+            // double count.
+            return Err(format!(
+                "batch {} has results but no recorded offset ranges: a fenced write needs them",
+                batch.time
+            ));
+        }
+        // One lock order for every writer (no deadlocks between members).
+        ranges.sort();
+        let mut rows: Vec<(&str, i64)> = data.iter().map(|r| (r.key(), r.value())).collect();
+        rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let keys: Arc<Vec<String>> = Arc::new(rows.iter().map(|r| r.0.to_owned()).collect());
+        let values: Arc<Vec<i64>> = Arc::new(rows.iter().map(|r| r.1).collect());
+        let ranges = Arc::new(ranges);
+        let pipeline = Arc::new(batch.pipeline.clone());
+        let sql = Arc::new(self.upsert_sql.clone());
+        let time_ms = i64::try_from(batch.time.as_millis()).unwrap_or(i64::MAX);
+        let outcome = self.with_client(move |c| {
+            let (keys, values, ranges, pipeline, sql) = (
+                Arc::clone(&keys),
+                Arc::clone(&values),
+                Arc::clone(&ranges),
+                Arc::clone(&pipeline),
+                Arc::clone(&sql),
+            );
+            Box::pin(async move {
+                let tx = c.transaction().await?;
+                let (mut fresh, mut already) = (0usize, 0usize);
+                for r in ranges.iter() {
+                    // A missing row counts as ending at `from`; two members creating it
+                    // at once serialise on the primary key.
+                    tx.execute(
+                        "INSERT INTO ember_offsets (pipeline, topic, partition, from_offset, \
+                         until_offset, batch_time_ms) VALUES ($1, $2, $3, $4, $4, -1) \
+                         ON CONFLICT DO NOTHING",
+                        &[&*pipeline, &r.topic, &r.partition, &r.from],
+                    )
+                    .await?;
+                    let row = tx
+                        .query_one(
+                            "SELECT from_offset, until_offset, batch_time_ms FROM ember_offsets \
+                             WHERE pipeline = $1 AND topic = $2 AND partition = $3 FOR UPDATE",
+                            &[&*pipeline, &r.topic, &r.partition],
+                        )
+                        .await?;
+                    let (from, until, by): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+                    if until == r.from {
+                        tx.execute(
+                            "UPDATE ember_offsets SET from_offset = $4, until_offset = $5, \
+                             batch_time_ms = $6, committed_at = now() \
+                             WHERE pipeline = $1 AND topic = $2 AND partition = $3",
+                            &[
+                                &*pipeline,
+                                &r.topic,
+                                &r.partition,
+                                &r.from,
+                                &r.until,
+                                &time_ms,
+                            ],
+                        )
+                        .await?;
+                        fresh += 1;
+                    } else if from == r.from && until == r.until {
+                        already += 1;
+                    } else {
+                        tx.rollback().await?;
+                        return Ok(Fenced::Refused {
+                            range: r.clone(),
+                            stored_from: from,
+                            stored_until: until,
+                            stored_by_ms: by,
+                        });
+                    }
+                }
+                if already > 0 && fresh > 0 {
+                    tx.rollback().await?;
+                    return Ok(Fenced::Mixed { fresh, already });
+                }
+                if fresh == 0 {
+                    tx.rollback().await?;
+                    return Ok(Fenced::AlreadyWritten);
+                }
+                if !keys.is_empty() {
+                    tx.execute(sql.as_str(), &[&*keys, &*values]).await?;
+                }
+                tx.commit().await?;
+                Ok(Fenced::Written)
+            }) as TxFuture<'_, Fenced>
+        });
+        match outcome {
+            Ok(Fenced::Written) => Ok(()),
+            Ok(Fenced::AlreadyWritten) => {
+                tracing::info!(batch = %batch.time, "every range of the batch is already written: skipped");
+                Ok(())
+            }
+            Ok(Fenced::Refused {
+                range,
+                stored_from,
+                stored_until,
+                stored_by_ms,
+            }) => {
+                tracing::error!(batch = %batch.time, topic = %range.topic, partition = range.partition, from = range.from, until = range.until, stored_from, stored_until, "fenced: another consumer wrote this partition");
+                Err(format!(
+                    "fenced: batch {} reads offsets {}..{} of partition {} of `{}`, but \
+                     PostgreSQL holds that partition's offsets at {stored_from}..{stored_until} \
+                     (written by batch {stored_by_ms} ms): another consumer of the group wrote \
+                     it since this batch was planned (was the partition revoked from this \
+                     process?); the batch was rolled back",
+                    batch.time, range.from, range.until, range.partition, range.topic
+                ))
+            }
+            Ok(Fenced::Mixed { fresh, already }) => Err(format!(
+                "fenced: batch {} covers {already} range(s) already written by another run and \
+                 {fresh} not yet written; it cannot be written in part, so it was rolled back",
+                batch.time
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
     /// What the database says about `pipeline`'s progress (see the module docs).
     pub fn progress(&self, pipeline: &str) -> Result<Progress> {
         let pipeline = pipeline.to_owned();
@@ -344,6 +581,22 @@ impl PostgresSink {
     }
 }
 
+/// What a fenced transaction decided.
+enum Fenced {
+    Written,
+    AlreadyWritten,
+    Refused {
+        range: OffsetRange,
+        stored_from: i64,
+        stored_until: i64,
+        stored_by_ms: i64,
+    },
+    Mixed {
+        fresh: usize,
+        already: usize,
+    },
+}
+
 type Connection = Option<Client>;
 
 async fn retrying<R, F>(
@@ -378,7 +631,10 @@ where
             },
         };
         if !transient(&error) {
-            return (Err(format!("{address}: {error}")), client.take());
+            return (
+                Err(format!("{address}: {}", describe(&error))),
+                client.take(),
+            );
         }
         *client = None;
         if start.elapsed() > timeout {
@@ -409,6 +665,9 @@ impl<T: PostgresRow + Send + Sync + 'static> Sink<T> for PostgresSink {
         batch: &BatchOutput,
         data: &BatchData<T>,
     ) -> std::result::Result<(), String> {
+        if self.options.fenced {
+            return self.write_fenced(batch, data);
+        }
         if batch.covers_nothing(data) {
             return Ok(()); // nothing read, nothing to write: no key either
         }

@@ -14,9 +14,17 @@
 //! transaction markers); the block's record count is the span, an upper bound, and the read
 //! stops at the first offset at or past `until` or at the partition's end.
 //!
-//! Partitions are assigned, not subscribed: the source reads every partition of the topic (or
-//! the ones given). Consumer-group membership (subscribe with rebalancing) is not offered:
-//! see the module's "Limits" in ARCHITECTURE.md.
+//! Two modes pick the partitions a source plans:
+//! - **assign** (the default): every partition of the topic, or the ones given. A group id,
+//!   if set, only names where offsets are committed; if that group has active members (other
+//!   consumers subscribed with it), the source refuses to start, and a commit rejected
+//!   because of them says so, instead of two consumers silently reading the same partitions.
+//! - **subscribe** ([`KafkaOptions::subscribe`]): the source joins the consumer group and
+//!   plans only the partitions the group assigns to it, following rebalances (the
+//!   decision table is in `source/kafka/group.rs`): a revoked partition is no longer planned, a newly assigned one starts at the
+//!   offsets stored by the sink ([`KafkaOptions::stored_offsets`]) or else at the starting
+//!   offsets. A batch planned before a revocation may still run; a sink that must not count
+//!   it twice fences its write on the stored offsets (the PostgreSQL sink's fenced mode).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +39,8 @@ use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
+
+mod group;
 
 use super::DirectInput;
 use crate::block::{Block, BlockId, StoredBlock, StreamId};
@@ -75,6 +85,21 @@ pub enum StartingOffsets {
     Explicit(BTreeMap<i32, i64>),
 }
 
+/// Where a sink stored each partition's next offset: called with the topic and the
+/// partitions just assigned to a subscribed source; partitions it leaves out start at the
+/// starting offsets. See [`KafkaOptions::stored_offsets`].
+#[derive(Clone)]
+pub struct StoredOffsets(
+    #[allow(clippy::type_complexity)]
+    pub  Arc<dyn Fn(&str, &[i32]) -> std::result::Result<BTreeMap<i32, i64>, String> + Send + Sync>,
+);
+
+impl std::fmt::Debug for StoredOffsets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoredOffsets(..)")
+    }
+}
+
 /// How to reach and read the topic.
 #[derive(Clone, Debug)]
 pub struct KafkaOptions {
@@ -87,8 +112,16 @@ pub struct KafkaOptions {
     /// Where to start.
     pub starting_offsets: StartingOffsets,
     /// The group id for committed offsets (`StartingOffsets::Committed` and
-    /// [`KafkaOffsets::commit`]).
+    /// [`KafkaOffsets::commit`]), and the group joined in subscribe mode.
     pub group_id: Option<String>,
+    /// Subscribe mode: join the consumer group `group_id` and read only the partitions it
+    /// assigns to this source, following rebalances (see the module docs). Needs
+    /// `group_id`; `partitions` must be `None`.
+    pub subscribe: bool,
+    /// In subscribe mode, where a newly assigned partition resumes (e.g.
+    /// `PostgresSink::stored_offsets_for`); partitions without a stored offset start at
+    /// `starting_offsets`.
+    pub stored_offsets: Option<StoredOffsets>,
     /// At most this many offsets per partition per second of batch interval (`None`: no cap).
     pub max_rate_per_partition: Option<u64>,
     /// How often to try reaching the brokers at start before giving up.
@@ -110,6 +143,8 @@ impl KafkaOptions {
             partitions: None,
             starting_offsets: StartingOffsets::Earliest,
             group_id: None,
+            subscribe: false,
+            stored_offsets: None,
             max_rate_per_partition: Some(250_000),
             connect_attempts: 5,
             broker_timeout: Duration::from_secs(60),
@@ -140,9 +175,16 @@ pub(crate) struct KafkaShared {
     pub name: String,
     options: KafkaOptions,
     interval_ms: u64,
+    /// Every partition the source may read (in subscribe mode: every partition of the topic).
     partitions: Vec<i32>,
-    /// Per partition, the next offset to plan.
-    positions: Mutex<BTreeMap<i32, i64>>,
+    /// Per partition planned here, the next offset to plan (in subscribe mode: the partitions
+    /// assigned now).
+    positions: Arc<Mutex<BTreeMap<i32, i64>>>,
+    /// Batches planned and not completed, with their partitions (what a revocation waits
+    /// for).
+    in_flight: Arc<group::InFlight>,
+    /// The group membership in subscribe mode.
+    membership: Option<group::Membership>,
     /// Per batch, the ranges it reads (planned here, or seen when a restored batch reads).
     ranges: Mutex<BTreeMap<BatchTime, Vec<OffsetRange>>>,
     /// The metadata consumer: watermarks and commits.
@@ -192,9 +234,15 @@ impl KafkaShared {
                 .unwrap_or(i64::MAX)
                 .max(1)
         });
+        if let Some(m) = &self.membership
+            && let Some(failure) = lock(&m.state.failure).clone()
+        {
+            return Err(self.error(failure));
+        }
         let mut positions = lock(&self.positions);
-        let mut highs = Vec::with_capacity(self.partitions.len());
-        for &p in &self.partitions {
+        let planned: Vec<i32> = positions.keys().copied().collect();
+        let mut highs = Vec::with_capacity(planned.len());
+        for p in planned {
             match self.watermarks(p, Duration::from_secs(5)) {
                 Ok((low, high)) => highs.push((p, low, high)),
                 Err(e) => {
@@ -227,6 +275,7 @@ impl KafkaShared {
         }
         *lock(&self.unreachable_since) = None;
         let mut ranges = Vec::with_capacity(highs.len());
+        let mut reading = std::collections::BTreeSet::new();
         for (p, low, high) in highs {
             let at = positions.get(&p).copied().unwrap_or(low);
             let from = if at < low {
@@ -244,6 +293,9 @@ impl KafkaShared {
             }
             let until = cap.map_or(high, |c| high.min(from.saturating_add(c)));
             positions.insert(p, until);
+            if until > from {
+                reading.insert(p);
+            }
             ranges.push(OffsetRange {
                 topic: self.options.topic.clone(),
                 partition: p,
@@ -251,6 +303,9 @@ impl KafkaShared {
                 until,
             });
         }
+        // Registered under the positions lock: a revocation that removed a partition sees
+        // every batch planned over it.
+        self.in_flight.planned(time, reading);
         Ok(ranges)
     }
 
@@ -478,9 +533,24 @@ impl KafkaOffsets {
         lock(&self.0.positions).clone()
     }
 
-    /// The partitions read.
+    /// The partitions the source may read: the ones given or every partition of the topic
+    /// (in subscribe mode, every partition of the topic; see [`KafkaOffsets::assigned`]).
     pub fn partitions(&self) -> &[i32] {
         &self.0.partitions
+    }
+
+    /// The partitions planned now (in subscribe mode, the ones the group assigns here).
+    pub fn assigned(&self) -> Vec<i32> {
+        lock(&self.0.positions).keys().copied().collect()
+    }
+
+    /// In subscribe mode, leaves the consumer group now, so that the other members take
+    /// over this source's partitions at once rather than after the session timeout. Call it
+    /// after the context stopped. Does nothing in assign mode.
+    pub fn leave_group(&self) {
+        if let Some(m) = &self.0.membership {
+            m.leave();
+        }
     }
 
     /// Per partition, the high watermark now (the offset after the last record).
@@ -515,14 +585,42 @@ impl KafkaOffsets {
             tpl.add_partition_offset(&r.topic, r.partition, Offset::Offset(r.until))
                 .map_err(|e| self.0.error(format!("bad offset {}: {e}", r.until)))?;
         }
-        lock(&self.0.meta)
-            .commit(&tpl, CommitMode::Sync)
-            .map_err(|e| {
+        let committed = match &self.0.membership {
+            // A member commits as a member of the current generation.
+            Some(m) => m.consumer().commit(&tpl, CommitMode::Sync),
+            None => lock(&self.0.meta).commit(&tpl, CommitMode::Sync),
+        };
+        committed.map_err(|e| {
+            let code = e.rdkafka_error_code();
+            let owned_by_group = matches!(
+                code,
+                Some(
+                    RDKafkaErrorCode::UnknownMemberId
+                        | RDKafkaErrorCode::IllegalGeneration
+                        | RDKafkaErrorCode::RebalanceInProgress
+                )
+            );
+            if owned_by_group && self.0.membership.is_none() {
+                self.0.error(format!(
+                    "cannot commit offsets of batch {time} to {}: group {:?} has active members \
+                     (another consumer subscribed with this group id owns the partitions of `{}`), \
+                     and this stream assigns its partitions itself: use subscribe mode or \
+                     another group id ({e})",
+                    self.0.options.bootstrap, self.0.options.group_id, self.0.options.topic
+                ))
+            } else if owned_by_group {
+                self.0.error(format!(
+                    "cannot commit offsets of batch {time} to {}: the partitions were revoked \
+                     from this member of group {:?} by a rebalance ({e})",
+                    self.0.options.bootstrap, self.0.options.group_id
+                ))
+            } else {
                 self.0.error(format!(
                     "cannot commit offsets of batch {time} to {} (group {:?}): {e}",
                     self.0.options.bootstrap, self.0.options.group_id
                 ))
-            })
+            }
+        })
     }
 
     /// The allocation that re-runs a batch over exactly `ranges` (for a restart from a
@@ -632,6 +730,24 @@ pub(crate) fn open(
             options.topic, options.bootstrap
         )));
     }
+    if options.subscribe {
+        if options.group_id.is_none() {
+            return Err(Error::Config {
+                setting: "group_id",
+                message: "subscribe mode needs a consumer group id".to_owned(),
+            });
+        }
+        if options.partitions.is_some() {
+            return Err(Error::Config {
+                setting: "partitions",
+                message: "subscribe mode reads the partitions the group assigns; partitions \
+                          cannot also be given"
+                    .to_owned(),
+            });
+        }
+    } else if let Some(group) = &options.group_id {
+        refuse_active_group(&meta, group, &options).map_err(err)?;
+    }
     let partitions = match &options.partitions {
         None => available,
         Some(wanted) => {
@@ -648,6 +764,8 @@ pub(crate) fn open(
         }
     };
     let committed = match &options.starting_offsets {
+        // In subscribe mode, positions are resolved when partitions are assigned.
+        _ if options.subscribe => BTreeMap::new(),
         StartingOffsets::Committed => {
             if options.group_id.is_none() {
                 return Err(Error::Config {
@@ -679,7 +797,7 @@ pub(crate) fn open(
         _ => BTreeMap::new(),
     };
     let mut positions = BTreeMap::new();
-    for &p in &partitions {
+    for &p in partitions.iter().filter(|_| !options.subscribe) {
         let (low, high) = meta
             .fetch_watermarks(&options.topic, p, Duration::from_secs(10))
             .map_err(|e| {
@@ -697,13 +815,29 @@ pub(crate) fn open(
         };
         positions.insert(p, at);
     }
-    tracing::info!(stream = %name, bootstrap = %options.bootstrap, topic = %options.topic, ?positions, "Kafka direct stream starts");
+    tracing::info!(stream = %name, bootstrap = %options.bootstrap, topic = %options.topic, ?positions, subscribe = options.subscribe, "Kafka direct stream starts");
+    let positions = Arc::new(Mutex::new(positions));
+    let in_flight = Arc::new(group::InFlight::default());
+    let membership = if options.subscribe {
+        Some(group::Membership::join(Arc::new(group::GroupState {
+            name: name.clone(),
+            options: options.clone(),
+            positions: Arc::clone(&positions),
+            in_flight: Arc::clone(&in_flight),
+            failure: Mutex::default(),
+            closing: Default::default(),
+        }))?)
+    } else {
+        None
+    };
     Ok(Arc::new(KafkaShared {
         name,
         options,
         interval_ms,
         partitions,
-        positions: Mutex::new(positions),
+        positions,
+        in_flight,
+        membership,
         ranges: Mutex::default(),
         meta: Mutex::new(meta),
         readers: Mutex::default(),
@@ -729,6 +863,50 @@ impl crate::StreamingContext {
             Arc::new(crate::block::LinesCodec),
             "kafka_stream",
         )?;
+        self.add_listener(Arc::new(CompletedBatches(Arc::clone(&shared.in_flight))));
         Ok((stream, KafkaOffsets(shared)))
+    }
+}
+
+/// Tells the source which planned batches completed (what a revocation waits for).
+struct CompletedBatches(Arc<group::InFlight>);
+
+impl crate::StreamingListener for CompletedBatches {
+    fn on_batch_completed(&self, batch: &crate::BatchInfo) {
+        self.0.completed(batch.batch_time);
+    }
+}
+
+/// In assign mode with a group id: refuses to start while that group has active members.
+/// Their partitions are theirs; reading them here too would count them twice.
+fn refuse_active_group(
+    meta: &BaseConsumer,
+    group: &str,
+    options: &KafkaOptions,
+) -> std::result::Result<(), String> {
+    match meta.fetch_group_list(Some(group), Duration::from_secs(5)) {
+        Ok(list) => {
+            if let Some(g) = list
+                .groups()
+                .iter()
+                .find(|g| g.name() == group && !g.members().is_empty())
+            {
+                return Err(format!(
+                    "consumer group {group:?} at {} has {} active member(s) (state {}) that own \
+                     the partitions of `{}`; this stream assigns partitions itself and would \
+                     read them too: run it in subscribe mode (kafka://...?group={group}) or use \
+                     another group id",
+                    options.bootstrap,
+                    g.members().len(),
+                    g.state(),
+                    options.topic
+                ));
+            }
+            Ok(())
+        }
+        Err(e) => {
+            tracing::debug!(%group, error = %e, "cannot describe the consumer group; not checked for active members");
+            Ok(())
+        }
     }
 }

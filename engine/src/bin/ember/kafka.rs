@@ -1,5 +1,8 @@
 //! Kafka in the CLI: `ember gen --kafka HOST:PORT/topic` (the workload into a topic) and
 //! `ember run wordcount --source kafka://HOST:PORT/topic --sink postgres://...|file://...`.
+//! With `kafka://HOST:PORT/topic?group=NAME` the source joins the consumer group NAME
+//! (subscribe mode) and the PostgreSQL sink fences its writes on the stored offsets, so
+//! several processes can share the topic's partitions (see [`wordcount_group`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,15 +25,36 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 
-/// `HOST:PORT/topic` into its bootstrap address and topic.
+/// `HOST:PORT/topic` into its bootstrap address and topic (a `?query` is not part of the
+/// topic: see [`source_group`]).
 pub fn parse_target(target: &str) -> anyhow::Result<(String, String)> {
     let target = target.strip_prefix("kafka://").unwrap_or(target);
+    let target = target.split_once('?').map_or(target, |(t, _)| t);
     match target.split_once('/') {
         Some((bootstrap, topic)) if !bootstrap.is_empty() && !topic.is_empty() => {
             Ok((bootstrap.to_owned(), topic.to_owned()))
         }
         _ => bail!("expected HOST:PORT/topic, not {target:?}"),
     }
+}
+
+/// The consumer group of `kafka://HOST:PORT/topic?group=NAME` (subscribe mode), if any;
+/// other query parameters are an error.
+pub fn source_group(source: &str) -> anyhow::Result<Option<String>> {
+    let Some((_, query)) = source.split_once('?') else {
+        return Ok(None);
+    };
+    let mut group = None;
+    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+        match kv.split_once('=') {
+            Some(("group", name)) if !name.is_empty() => group = Some(name.to_owned()),
+            _ => bail!(
+                "--source {source:?}: unknown or empty query parameter {kv:?} (a kafka:// source \
+                 takes ?group=NAME)"
+            ),
+        }
+    }
+    Ok(group)
 }
 
 /// The flags `ember run wordcount` takes for a Kafka source.
@@ -48,7 +72,8 @@ pub struct KafkaArgs {
     /// Where to start when the sink has no stored offsets: earliest, latest, committed.
     #[arg(long, default_value = "earliest")]
     pub starting_offsets: String,
-    /// Consumer group id (for committed offsets).
+    /// Consumer group id for committed offsets (assign mode). To share the topic's
+    /// partitions with other processes in a group, use `--source kafka://HOST:PORT/topic?group=NAME`.
     #[arg(long)]
     pub group_id: Option<String>,
     /// Commit each batch's offsets to Kafka (the group id) after its outputs completed.
@@ -321,6 +346,9 @@ enum Output {
 
 /// `ember run wordcount --source kafka://...`.
 pub fn wordcount(run: Run) -> anyhow::Result<ExitCode> {
+    if let Some(group) = source_group(&run.source)? {
+        return wordcount_group(run, group);
+    }
     let (bootstrap, topic) = parse_target(&run.source)?;
     let sink_url = run
         .kafka
@@ -348,6 +376,16 @@ pub fn wordcount(run: Run) -> anyhow::Result<ExitCode> {
                     .context("opening the PostgreSQL sink")?,
             );
             let progress = sink.progress(&pipeline)?;
+            if progress == Progress::Empty {
+                let stored = sink.stored_offsets(&pipeline, &topic, None)?;
+                if !stored.is_empty() {
+                    bail!(
+                        "pipeline {pipeline:?} was written by a consumer group (its offsets are in \
+                         ember_offsets: {stored:?}); run it with --source kafka://...?group=NAME, \
+                         or name another pipeline (&pipeline=...)"
+                    );
+                }
+            }
             (
                 Output::Postgres {
                     sink,
@@ -427,31 +465,163 @@ pub fn wordcount(run: Run) -> anyhow::Result<ExitCode> {
     run_until(&ctx, &offsets, &run, restore, resume)?;
 
     // --out: the final counts, sorted by word.
-    let mut rows: Vec<(String, i64)> = match &output {
+    let rows: Vec<(String, i64)> = match &output {
         Output::Postgres {
             connection, table, ..
-        } => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let (client, conn) =
-                    tokio_postgres::connect(connection, tokio_postgres::NoTls).await?;
-                tokio::spawn(conn);
-                let rows = client
-                    .query(&format!("SELECT key, value FROM {table}"), &[])
-                    .await?;
-                anyhow::Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-            })?
-        }
+        } => table_rows(connection, table)?,
         Output::Files(sink) => sum_batches(sink.dir())?,
     };
+    write_out(rows, &run.out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every `(key, value)` row of `table`.
+fn table_rows(connection: &str, table: &str) -> anyhow::Result<Vec<(String, i64)>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(connection, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        let rows = client
+            .query(&format!("SELECT key, value FROM {table}"), &[])
+            .await?;
+        anyhow::Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    })
+}
+
+/// `key<TAB>value` lines sorted by key, written atomically.
+fn write_out(mut rows: Vec<(String, i64)>, out: &std::path::Path) -> anyhow::Result<()> {
     rows.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    let mut out = Vec::new();
+    let mut out_bytes = Vec::new();
     for (k, v) in rows {
-        out.extend_from_slice(format!("{k}\t{v}\n").as_bytes());
+        out_bytes.extend_from_slice(format!("{k}\t{v}\n").as_bytes());
     }
-    crate::wordcount::write_atomically(&run.out, &out)?;
+    crate::wordcount::write_atomically(out, &out_bytes)
+}
+
+/// Stops gracefully once the offsets stored for the whole group reach `lines` (every
+/// member writes to the same `ember_offsets` rows, so each sees the group's progress).
+struct UntilGroupOffsets {
+    sink: Arc<PostgresSink>,
+    pipeline: String,
+    topic: String,
+    lines: u64,
+    stop: engine::StopHandle,
+    offsets: engine::source::kafka::KafkaOffsets,
+    commit: bool,
+}
+
+impl StreamingListener for UntilGroupOffsets {
+    fn on_batch_completed(&self, batch: &BatchInfo) {
+        if self.commit
+            && let Err(e) = self.offsets.commit(batch.batch_time)
+        {
+            tracing::warn!(error = %e, "offset commit failed (the sink's stored offsets are what counts)");
+        }
+        match self.sink.stored_offsets(&self.pipeline, &self.topic, None) {
+            Ok(stored) => {
+                let total: i64 = stored.values().sum();
+                if u64::try_from(total).unwrap_or(0) >= self.lines {
+                    self.stop.request_stop(true);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the group's stored offsets"),
+        }
+    }
+}
+
+/// `ember run wordcount --source kafka://HOST:PORT/topic?group=NAME --sink postgres://...`:
+/// the word count as one member of consumer group NAME. The source reads only the
+/// partitions the group assigns to this process, each from the offsets stored in
+/// PostgreSQL (`ember_offsets`, shared by every member of the pipeline), and the sink writes
+/// each batch in one transaction fenced on those offsets, so a batch over a partition that
+/// moved to another member meanwhile fails instead of counting twice. The run ends when the
+/// stored offsets of the whole topic reach --lines; then this process leaves the group.
+fn wordcount_group(run: Run, group: String) -> anyhow::Result<ExitCode> {
+    let (bootstrap, topic) = parse_target(&run.source)?;
+    if let Some(id) = &run.kafka.group_id
+        && *id != group
+    {
+        bail!("--group-id {id:?} and the source's ?group={group} disagree: give one");
+    }
+    let sink_url = run.kafka.sink.clone().context(
+        "--sink postgres://... is needed with a kafka:// source in a group (?group=NAME)",
+    )?;
+    if !(sink_url.starts_with("postgres://") || sink_url.starts_with("postgresql://")) {
+        bail!(
+            "--sink {sink_url:?}: a consumer-group source (?group={group}) needs the PostgreSQL \
+             sink, whose writes are fenced on the stored offsets (a file sink cannot refuse a \
+             batch over a partition that moved to another member)"
+        );
+    }
+    let pipeline =
+        query_param(&sink_url, "pipeline").unwrap_or_else(|| format!("wordcount-{topic}"));
+    let table = query_param(&sink_url, "table").unwrap_or_else(|| "word_counts".to_owned());
+    let connection = strip_params(&sink_url, &["table", "pipeline"]);
+    let mut sink_options = PostgresOptions::new(connection.clone(), table.clone());
+    sink_options.fenced = true;
+    let sink =
+        Arc::new(PostgresSink::connect(sink_options).context("opening the PostgreSQL sink")?);
+    if sink.progress(&pipeline)? != Progress::Empty {
+        bail!(
+            "pipeline {pipeline:?} was written without a group (its progress is in \
+             ember_batches); run it without ?group=, or name another pipeline (&pipeline=...)"
+        );
+    }
+
+    let mut options = KafkaOptions::new(bootstrap, topic.clone());
+    options.max_rate_per_partition = Some(run.kafka.max_rate_per_partition);
+    options.group_id = Some(group);
+    options.subscribe = true;
+    options.stored_offsets = Some(sink.stored_offsets_for(&pipeline));
+    options.starting_offsets = match run.kafka.starting_offsets.as_str() {
+        "earliest" => StartingOffsets::Earliest,
+        "latest" => StartingOffsets::Latest,
+        "committed" => StartingOffsets::Committed,
+        other => bail!("--starting-offsets must be earliest, latest or committed, not {other:?}"),
+    };
+
+    let ctx = StreamingContext::new(run.config.clone()).context("invalid settings")?;
+    let (lines, offsets) = ctx.kafka_stream(options)?;
+    lines
+        .flat_map(|line: Str| line.split(' '))
+        .map(|word| (word, 1u64))
+        .reduce_by_key(|a, b| a + b)
+        .write_to(&pipeline, Arc::clone(&sink), Some(offsets.clone()));
+    ctx.add_listener(Arc::new(UntilGroupOffsets {
+        sink: Arc::clone(&sink),
+        pipeline: pipeline.clone(),
+        topic: topic.clone(),
+        lines: run.lines,
+        stop: ctx.stop_handle(),
+        offsets: offsets.clone(),
+        commit: run.kafka.commit_offsets,
+    }));
+    ctx.stop_on_signals()?;
+    let started = Instant::now();
+    ctx.start()?;
+    let stopped = ctx.await_termination_timeout(Some(run.timeout));
+    if matches!(stopped, Ok(false)) {
+        ctx.stop(false).ok();
+        offsets.leave_group();
+        bail!(
+            "timed out after {:?} before the group's stored offsets reached {}",
+            run.timeout,
+            run.lines
+        );
+    }
+    offsets.leave_group();
+    stopped.context("the pipeline failed")?;
+    let secs = started.elapsed().as_secs_f64();
+    let read = offsets.records_read();
+    println!(
+        "METRICS {}",
+        serde_json::json!({"records_read": read, "seconds": secs,
+            "lines_per_s": read as f64 / secs.max(1e-9),
+            "stored_offsets": sink.stored_offsets(&pipeline, &topic, None)?})
+    );
+    write_out(table_rows(&connection, &table)?, &run.out)?;
     Ok(ExitCode::SUCCESS)
 }
 
