@@ -70,6 +70,7 @@ use super::{BatchOutput, Delivery, Sink};
 use crate::dstream::BatchData;
 use crate::dstream::node::lock;
 use crate::error::{Error, Result};
+use crate::source::kafka::OffsetRange;
 use crate::text::Str;
 use crate::time::BatchTime;
 
