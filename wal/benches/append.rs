@@ -42,6 +42,8 @@
 //! system does on a quiet disk, and the median what it did in this run.
 #![allow(clippy::print_stdout, clippy::unwrap_used)] // a benchmark's job is to print a table
 
+mod common;
+
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -84,30 +86,19 @@ fn options() -> Options {
         scan_mib: 1024,
         dir: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("wal-bench"),
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let list = |s: &str| {
-        s.split(',')
-            .map(|x| x.trim().parse::<usize>().unwrap())
-            .collect::<Vec<_>>()
-    };
-    let mut i = 0;
-    while i < args.len() {
-        let value = args.get(i + 1).cloned().unwrap_or_default();
-        match args[i].as_str() {
-            "--duration-ms" => o.duration = Duration::from_millis(value.parse().unwrap()),
-            "--warmup-ms" => o.warmup = Duration::from_millis(value.parse().unwrap()),
-            "--reps" => o.reps = value.parse().unwrap(),
-            "--sizes" => o.sizes = list(&value),
-            "--appenders" => o.appenders = list(&value),
+    for (flag, value) in common::args() {
+        let f = flag.as_str();
+        match f {
+            "--duration-ms" => o.duration = common::millis(f, &value),
+            "--warmup-ms" => o.warmup = common::millis(f, &value),
+            "--reps" => o.reps = common::number(f, &value),
+            "--sizes" => o.sizes = common::list(f, &value),
+            "--appenders" => o.appenders = common::list(f, &value),
             "--systems" => o.systems = value.split(',').map(str::to_owned).collect(),
-            "--scan-mib" => o.scan_mib = value.parse().unwrap(),
+            "--scan-mib" => o.scan_mib = common::number(f, &value),
             "--dir" => o.dir = PathBuf::from(value),
-            _ => {
-                i += 1; // `--bench` and other flags cargo passes
-                continue;
-            }
+            _ => common::unknown(f),
         }
-        i += 2;
     }
     o
 }

@@ -27,6 +27,7 @@
 //! s3-per-record) carry over.
 #![allow(clippy::print_stdout, clippy::unwrap_used)] // a benchmark's job is to print a table
 
+mod common;
 #[allow(dead_code)] // the shared fixture; not every test file uses all of it
 #[path = "../../tests/src/moto.rs"]
 mod moto;
@@ -59,26 +60,18 @@ fn options() -> Options {
         recovery_mib: 1024,
         dir: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("object-store-bench"),
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        let value = args.get(i + 1).cloned().unwrap_or_default();
-        let list = |v: &str| -> Vec<usize> { v.split(',').map(|x| x.parse().unwrap()).collect() };
-        match args[i].as_str() {
-            "--duration-ms" => o.duration = Duration::from_millis(value.parse().unwrap()),
-            "--warmup-ms" => o.warmup = Duration::from_millis(value.parse().unwrap()),
-            "--reps" => o.reps = value.parse().unwrap(),
-            "--size" => o.size = value.parse().unwrap(),
-            "--appenders" => o.appenders = list(&value),
-            "--recovery-mib" => o.recovery_mib = value.parse().unwrap(),
+    for (flag, value) in common::args() {
+        let f = flag.as_str();
+        match f {
+            "--duration-ms" => o.duration = common::millis(f, &value),
+            "--warmup-ms" => o.warmup = common::millis(f, &value),
+            "--reps" => o.reps = common::number(f, &value),
+            "--size" => o.size = common::number(f, &value),
+            "--appenders" => o.appenders = common::list(f, &value),
+            "--recovery-mib" => o.recovery_mib = common::number(f, &value),
             "--dir" => o.dir = PathBuf::from(&value),
-            "--bench" => {
-                i += 1;
-                continue;
-            }
-            other => panic!("unknown option {other}"),
+            _ => common::unknown(f),
         }
-        i += 2;
     }
     o
 }

@@ -282,6 +282,47 @@ impl ObjectClient {
         }
     }
 
+    /// One retried request as a future for the shared runtime: `attempt` makes one
+    /// attempt on the store, counted in `counter` (every attempt counts); see
+    /// [`RetryPolicy`] for when it is repeated. `what` names the request in errors.
+    fn request<T, F, Fut>(
+        &self,
+        what: String,
+        counter: fn(&Counters) -> &AtomicU64,
+        attempt: F,
+    ) -> impl Future<Output = io::Result<T>> + Send + 'static
+    where
+        F: Fn(Arc<dyn ObjectStore>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = object_store::Result<T>> + Send,
+        T: Send,
+    {
+        let (store, retry, counters) = (
+            Arc::clone(&self.store),
+            self.retry,
+            Arc::clone(&self.counters),
+        );
+        async move {
+            with_retry(retry, &counters, &what, || {
+                counter(&counters).fetch_add(1, Ordering::Relaxed);
+                attempt(Arc::clone(&store))
+            })
+            .await
+        }
+    }
+
+    /// The retried GET of the whole object `name`, as a future.
+    fn get_request(&self, name: &str) -> impl Future<Output = io::Result<Bytes>> + Send + 'static {
+        let path = self.path(name);
+        self.request(
+            format!("get {}", self.display_name(name)),
+            |c| &c.gets,
+            move |store| {
+                let path = path.clone();
+                async move { store.get(&path).await?.bytes().await }
+            },
+        )
+    }
+
     /// Creates `name` with `bytes`, only if no object has that name (a create-only
     /// conditional put: `If-None-Match: *` on S3). Returns once the store acknowledged it.
     ///
@@ -290,24 +331,29 @@ impl ObjectClient {
     /// HTTP client repeated), and the put succeeded; with other bytes another writer owns
     /// the name and the put fails with `AlreadyExists`.
     pub fn put_create(&self, name: &str, bytes: Bytes) -> io::Result<()> {
-        let (store, path, retry, counters) = (
-            Arc::clone(&self.store),
-            self.path(name),
-            self.retry,
-            Arc::clone(&self.counters),
-        );
         let what = format!("create-only put of {}", self.display_name(name));
+        let path = self.path(name);
+        let payload = bytes.clone();
+        let put = self.request(
+            what.clone(),
+            |c| &c.puts,
+            move |store| {
+                let (path, payload) = (path.clone(), payload.clone());
+                async move {
+                    let options = PutOptions {
+                        mode: PutMode::Create,
+                        ..PutOptions::default()
+                    };
+                    store
+                        .put_opts(&path, PutPayload::from_bytes(payload), options)
+                        .await
+                }
+            },
+        );
+        let read_back = self.get_request(name);
+        let counters = Arc::clone(&self.counters);
         block(async move {
-            let put = with_retry(retry, &counters, &what, || {
-                counters.puts.fetch_add(1, Ordering::Relaxed);
-                let options = PutOptions {
-                    mode: PutMode::Create,
-                    ..PutOptions::default()
-                };
-                store.put_opts(&path, PutPayload::from_bytes(bytes.clone()), options)
-            })
-            .await;
-            match put {
+            match put.await {
                 Ok(_) => {
                     counters
                         .put_bytes
@@ -315,12 +361,7 @@ impl ObjectClient {
                     Ok(())
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    let existing = with_retry(retry, &counters, &what, || {
-                        counters.gets.fetch_add(1, Ordering::Relaxed);
-                        let (store, path) = (Arc::clone(&store), path.clone());
-                        async move { store.get(&path).await?.bytes().await }
-                    })
-                    .await?;
+                    let existing = read_back.await?;
                     if existing == bytes {
                         counters.lost_acks_resolved.fetch_add(1, Ordering::Relaxed);
                         counters
@@ -347,93 +388,49 @@ impl ObjectClient {
 
     /// The whole object `name`.
     pub fn get(&self, name: &str) -> io::Result<Bytes> {
-        let (store, path, retry, counters) = (
-            Arc::clone(&self.store),
-            self.path(name),
-            self.retry,
-            Arc::clone(&self.counters),
-        );
-        let what = format!("get {}", self.display_name(name));
-        block(async move {
-            with_retry(retry, &counters, &what, || {
-                counters.gets.fetch_add(1, Ordering::Relaxed);
-                let (store, path) = (Arc::clone(&store), path.clone());
-                async move { store.get(&path).await?.bytes().await }
-            })
-            .await
-        })?
+        block(self.get_request(name))?
     }
 
     /// Several whole objects, fetched concurrently (at most `names.len()` requests in
     /// flight; callers bound it).
     pub fn get_many(&self, names: &[String]) -> io::Result<Vec<Bytes>> {
-        let requests: Vec<_> = names
-            .iter()
-            .map(|name| {
-                let (store, path, retry, counters) = (
-                    Arc::clone(&self.store),
-                    self.path(name),
-                    self.retry,
-                    Arc::clone(&self.counters),
-                );
-                let what = format!("get {}", self.display_name(name));
-                async move {
-                    with_retry(retry, &counters, &what, || {
-                        counters.gets.fetch_add(1, Ordering::Relaxed);
-                        let (store, path) = (Arc::clone(&store), path.clone());
-                        async move { store.get(&path).await?.bytes().await }
-                    })
-                    .await
-                }
-            })
-            .collect();
-        block(async move { futures::future::join_all(requests).await })?
+        let requests: Vec<_> = names.iter().map(|name| self.get_request(name)).collect();
+        block(futures::future::join_all(requests))?
             .into_iter()
             .collect()
     }
 
     /// Bytes `range` of object `name`.
     pub fn get_range(&self, name: &str, range: Range<u64>) -> io::Result<Bytes> {
-        let (store, path, retry, counters) = (
-            Arc::clone(&self.store),
-            self.path(name),
-            self.retry,
-            Arc::clone(&self.counters),
-        );
         let what = format!(
             "get bytes {}..{} of {}",
             range.start,
             range.end,
             self.display_name(name)
         );
-        block(async move {
-            with_retry(retry, &counters, &what, || {
-                counters.gets.fetch_add(1, Ordering::Relaxed);
-                store.get_range(&path, range.clone())
-            })
-            .await
-        })?
+        let path = self.path(name);
+        block(self.request(
+            what,
+            |c| &c.gets,
+            move |store| {
+                let (path, range) = (path.clone(), range.clone());
+                async move { store.get_range(&path, range).await }
+            },
+        ))?
     }
 
     /// Names (relative to the prefix, without `/`) and sizes of the objects directly under
     /// the prefix, in no particular order.
     pub fn list(&self) -> io::Result<Vec<(String, u64)>> {
-        let (store, prefix, retry, counters) = (
-            Arc::clone(&self.store),
-            self.prefix.clone(),
-            self.retry,
-            Arc::clone(&self.counters),
-        );
-        let what = format!("list {}", self.location);
-        let metas = block(async move {
-            with_retry(retry, &counters, &what, || {
-                counters.lists.fetch_add(1, Ordering::Relaxed);
+        let prefix = self.prefix.clone();
+        let metas = block(self.request(
+            format!("list {}", self.location),
+            |c| &c.lists,
+            move |store| {
                 let prefix = prefix.clone();
-                let store = Arc::clone(&store);
                 async move { store.list(Some(&prefix)).try_collect::<Vec<_>>().await }
-            })
-            .await
-        })??;
+            },
+        ))??;
         let mut out = Vec::with_capacity(metas.len());
         for meta in metas {
             let Some(mut parts) = meta.location.prefix_match(&self.prefix) else {
@@ -448,20 +445,15 @@ impl ObjectClient {
 
     /// Deletes `name`; a missing object is not an error.
     pub fn delete(&self, name: &str) -> io::Result<()> {
-        let (store, path, retry, counters) = (
-            Arc::clone(&self.store),
-            self.path(name),
-            self.retry,
-            Arc::clone(&self.counters),
-        );
-        let what = format!("delete {}", self.display_name(name));
-        let result = block(async move {
-            with_retry(retry, &counters, &what, || {
-                counters.deletes.fetch_add(1, Ordering::Relaxed);
-                store.delete(&path)
-            })
-            .await
-        })?;
+        let path = self.path(name);
+        let result = block(self.request(
+            format!("delete {}", self.display_name(name)),
+            |c| &c.deletes,
+            move |store| {
+                let path = path.clone();
+                async move { store.delete(&path).await }
+            },
+        ))?;
         match result {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             other => other,

@@ -92,6 +92,18 @@ pub struct WordcountArgs {
     /// For --durability replicated: executors holding each block.
     #[arg(long, default_value_t = 1)]
     replication: usize,
+    /// With --durability: the checkpoint location (a directory or a storage URL such as
+    /// s3://bucket/prefix, settings from AWS_*) [default: a temporary directory].
+    #[arg(long, value_name = "DIR|URL")]
+    checkpoint: Option<String>,
+    /// With --durability wal: the data WAL's location (`ember run wordcount --wal`)
+    /// [default: CHECKPOINT/wal].
+    #[arg(long, value_name = "DIR|URL")]
+    wal: Option<String>,
+    /// With --durability: a checkpoint every this many batches [default: run's, 10]. A
+    /// large value keeps every WAL object (no retention), so they can be counted.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    checkpoint_every_batches: Option<u64>,
 }
 
 /// Executors started for a replicated run; killed when dropped.
@@ -140,6 +152,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn wordcount(args: WordcountArgs) -> anyhow::Result<ExitCode> {
+    if args.durability.is_none()
+        && (args.checkpoint.is_some()
+            || args.wal.is_some()
+            || args.checkpoint_every_batches.is_some())
+    {
+        anyhow::bail!("--checkpoint, --wal and --checkpoint-every-batches need --durability MODE");
+    }
     let spec = WorkloadSpec {
         lines: args.lines,
         words_per_line: args.words,
@@ -234,9 +253,17 @@ fn run_once(
     }
     let mut _executors = None;
     if let Some(mode) = &args.durability {
-        run_cmd
-            .args(["--durability", mode, "--checkpoint"])
-            .arg(dir.join("checkpoint"));
+        run_cmd.args(["--durability", mode, "--checkpoint"]);
+        match &args.checkpoint {
+            Some(location) => run_cmd.arg(location),
+            None => run_cmd.arg(dir.join("checkpoint")),
+        };
+        if let Some(wal) = &args.wal {
+            run_cmd.args(["--wal", wal]);
+        }
+        if let Some(every) = args.checkpoint_every_batches {
+            run_cmd.args(["--checkpoint-every-batches", &every.to_string()]);
+        }
         if mode == "replicated" {
             let started = Executors::start(exe, args.executors)?;
             run_cmd
