@@ -1,0 +1,367 @@
+//! The at-least-once Kafka sink against a real broker (tansu): Kafka → word count → Kafka.
+//!
+//! A first context counts a topic filled by `ember gen --kafka` into an output topic. A
+//! second context then re-runs one of the first run's batches at its original time over its
+//! recorded offset ranges (what a restart after a `kill -9` between the sink's write and the
+//! batch's completion does), so the output topic holds that batch twice. The test consumes
+//! the output back, checks that every duplicated identity (`ember-pipeline`,
+//! `ember-batch-time-ms`, `ember-partition`, `ember-sequence`) carries the same key and
+//! value, drops the duplicates by identity, and compares the summed counts with the
+//! workload's expected counts (`ember gen --expected`), an oracle independent of the sink.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use engine::scheduler::RestoredState;
+use engine::sink::kafka::KafkaSink;
+use engine::source::kafka::{KafkaOffsets, KafkaOptions, OffsetRange};
+use engine::{BatchInfo, BatchTime, Config, Restore, Str, StreamingContext, StreamingListener};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tests::processes::ember_bin;
+use tests::servers::Tansu;
+
+/// Small: the point is identities and dedup, not volume (a few seconds against tansu).
+const LINES: u64 = 6_000;
+const IN_PARTITIONS: i32 = 4;
+const OUT_PARTITIONS: i32 = 2;
+const BATCH_MS: u64 = 200;
+const PIPELINE: &str = "wc-to-kafka";
+
+fn gen_topic(bootstrap: &str, topic: &str, expected: &Path) {
+    let out = Command::new(ember_bin())
+        .args(["gen", "--kafka", &format!("{bootstrap}/{topic}")])
+        .args(["--partitions", &IN_PARTITIONS.to_string()])
+        .args(["--lines", &LINES.to_string(), "--expected"])
+        .arg(expected)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ember gen --kafka failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let results = rt
+        .block_on(admin.create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        ))
+        .unwrap();
+    for r in results {
+        r.unwrap();
+    }
+}
+
+/// Decides, from the batches completed so far, when to stop.
+type StopWhen = Box<dyn Fn(&[(BatchTime, Vec<OffsetRange>)]) -> bool + Send + Sync>;
+
+/// Records every completed batch's ranges; stops once `stop_when` says so.
+struct Recorder {
+    offsets: KafkaOffsets,
+    batches: Mutex<Vec<(BatchTime, Vec<OffsetRange>)>>,
+    failures: Mutex<Vec<String>>,
+    stop: engine::StopHandle,
+    stop_when: StopWhen,
+}
+
+impl StreamingListener for Recorder {
+    fn on_batch_completed(&self, batch: &BatchInfo) {
+        // (A panic here would be caught by the context: keep failures for the test.)
+        if let Some(f) = &batch.failure {
+            self.failures.lock().unwrap().push(f.clone());
+        }
+        let ranges = self
+            .offsets
+            .offset_ranges(batch.batch_time)
+            .unwrap_or_default();
+        let mut all = self.batches.lock().unwrap();
+        all.push((batch.batch_time, ranges));
+        if (self.stop_when)(&all) {
+            self.stop.request_stop(true);
+        }
+    }
+}
+
+/// The word count into the output topic. With `rerun`, only that batch is run (at its time,
+/// over its ranges) and the source starts at `end` so nothing else is read.
+fn run_pipeline(
+    bootstrap: &str,
+    end: &BTreeMap<i32, i64>,
+    rerun: Option<&(BatchTime, Vec<OffsetRange>)>,
+) -> Vec<(BatchTime, Vec<OffsetRange>)> {
+    let mut config = Config::new(Duration::from_millis(BATCH_MS));
+    config.partitions = OUT_PARTITIONS as usize;
+    let ctx = StreamingContext::new(config).unwrap();
+    let mut options = KafkaOptions::new(bootstrap, "words-in");
+    // A few batches, not one: 6,000 lines / 4 partitions at 1,000 per partition per batch.
+    options.max_rate_per_partition = Some(1_000 * 1000 / BATCH_MS);
+    let (lines, offsets) = ctx.kafka_stream(options).unwrap();
+    let sink = Arc::new(KafkaSink::new(bootstrap, "counts-out", Duration::from_secs(30)).unwrap());
+    lines
+        .flat_map(|line: Str| line.split(' '))
+        .map(|word| (word, 1u64))
+        .reduce_by_key(|a, b| a + b)
+        .write_to(PIPELINE, sink, Some(offsets.clone()));
+    let total: i64 = end.values().sum();
+    let stop_when: StopWhen = match rerun {
+        None => Box::new(move |all| {
+            let read: i64 = all
+                .iter()
+                .flat_map(|(_, rs)| rs.iter().map(|r| r.until - r.from))
+                .sum();
+            read >= total
+        }),
+        Some((time, _)) => {
+            let time = *time;
+            Box::new(move |all| all.iter().any(|(t, _)| *t == time))
+        }
+    };
+    let recorder = Arc::new(Recorder {
+        offsets: offsets.clone(),
+        batches: Mutex::default(),
+        failures: Mutex::default(),
+        stop: ctx.stop_handle(),
+        stop_when,
+    });
+    ctx.add_listener(Arc::clone(&recorder) as Arc<dyn StreamingListener>);
+    match rerun {
+        None => ctx.start().unwrap(),
+        Some((time, ranges)) => {
+            offsets.seek(end);
+            let stream = lines.input_stream_id().unwrap();
+            let alloc = offsets.allocation(stream, *time, ranges).unwrap();
+            ctx.start_from(Restore {
+                zero: BatchTime::from_millis(time.as_millis() - BATCH_MS),
+                scheduler: RestoredState {
+                    last_generated: Some(*time),
+                    pending: vec![alloc],
+                    unallocated: Vec::new(),
+                    remembered: Vec::new(),
+                },
+                ..Restore::default()
+            })
+            .unwrap();
+        }
+    }
+    assert!(
+        ctx.await_termination_timeout(Some(Duration::from_secs(120)))
+            .unwrap(),
+        "the pipeline did not finish within 120 s"
+    );
+    let failures = recorder.failures.lock().unwrap().clone();
+    assert!(failures.is_empty(), "batches failed: {failures:?}");
+    // Every batch this context ran that read something, with its ranges.
+    let batches = recorder.batches.lock().unwrap().clone();
+    batches
+        .into_iter()
+        .filter(|(_, rs)| rs.iter().any(|r| r.until > r.from))
+        .collect()
+}
+
+/// One output record: its identity headers, key and value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OutRecord {
+    identity: (String, u64, u32, u64),
+    key: String,
+    value: i64,
+}
+
+fn consume_output(bootstrap: &str) -> Vec<OutRecord> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "ember-test-oracle")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    let mut out = Vec::new();
+    // One partition at a time, from offset 0 (how the engine's range reader reads tansu).
+    for p in 0..OUT_PARTITIONS {
+        let (low, end) = c
+            .fetch_watermarks("counts-out", p, Duration::from_secs(10))
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("counts-out", p, Offset::Offset(low))
+            .unwrap();
+        c.assign(&tpl).unwrap();
+        read_partition(&c, p, low, end, &mut out);
+    }
+    out
+}
+
+fn read_partition(c: &BaseConsumer, p: i32, low: i64, end: i64, out: &mut Vec<OutRecord>) {
+    let mut next = low;
+    let mut errors = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while next < end {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "could not read partition {p} of the output topic back: at {next} of {low}..{end}; \
+             errors: {errors:?}"
+        );
+        let Some(m) = c.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => {
+                if errors.len() < 5 {
+                    errors.push(e.to_string());
+                }
+                continue;
+            }
+        };
+        if m.partition() != p || m.offset() < next {
+            continue;
+        }
+        next = m.offset() + 1;
+        let mut h: BTreeMap<String, String> = BTreeMap::new();
+        if let Some(headers) = m.headers() {
+            for header in headers.iter() {
+                h.insert(
+                    header.key.to_owned(),
+                    String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
+                );
+            }
+        }
+        let field = |name: &str| {
+            h.get(name)
+                .unwrap_or_else(|| panic!("record without header {name}: {h:?}"))
+                .clone()
+        };
+        out.push(OutRecord {
+            identity: (
+                field("ember-pipeline"),
+                field("ember-batch-time-ms").parse().unwrap(),
+                field("ember-partition").parse().unwrap(),
+                field("ember-sequence").parse().unwrap(),
+            ),
+            key: String::from_utf8(m.key().unwrap().to_vec()).unwrap(),
+            value: String::from_utf8(m.payload().unwrap().to_vec())
+                .unwrap()
+                .parse()
+                .unwrap(),
+        });
+    }
+}
+
+fn expected_counts(path: &Path) -> BTreeMap<String, i64> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (w, c) = l.split_once('\t').unwrap();
+            (w.to_owned(), c.parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn a_rerun_batch_reproduces_its_records_identities_so_dedup_by_header_gives_exact_counts() {
+    let Some(tansu) = Tansu::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let expected = dir.path().join("expected.tsv");
+    let bootstrap = tansu.bootstrap();
+    gen_topic(&bootstrap, "words-in", &expected);
+    create_topic(&bootstrap, "counts-out", OUT_PARTITIONS);
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", "ember-test-oracle")
+        .create()
+        .unwrap();
+    let end: BTreeMap<i32, i64> = (0..IN_PARTITIONS)
+        .map(|p| {
+            let high = c
+                .fetch_watermarks("words-in", p, Duration::from_secs(10))
+                .unwrap()
+                .1;
+            (p, high)
+        })
+        .collect();
+
+    let first = run_pipeline(&bootstrap, &end, None);
+    assert!(
+        first.len() >= 2,
+        "the first run read everything in {} batch(es): no batch in the middle to re-run",
+        first.len()
+    );
+    let once = consume_output(&bootstrap);
+    // Re-run a batch from the middle of the first run.
+    let rerun = first[first.len() / 2].clone();
+    let second = run_pipeline(&bootstrap, &end, Some(&rerun));
+    assert_eq!(
+        second.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+        vec![rerun.0],
+        "the re-run read more than the one recorded batch"
+    );
+    let all = consume_output(&bootstrap);
+
+    let batch_ms = rerun.0.as_millis();
+    let first_copy = once.iter().filter(|r| r.identity.1 == batch_ms).count();
+    assert!(first_copy > 0, "batch {batch_ms} produced nothing");
+    assert_eq!(
+        all.len() - once.len(),
+        first_copy,
+        "the re-run produced a different number of records than the batch's first run"
+    );
+
+    // The consumer's side: drop duplicates by identity, sum the per-batch counts. Every
+    // identity of the re-run batch must come twice with the same key and value; every
+    // other identity once.
+    let mut by_identity: BTreeMap<(String, u64, u32, u64), (OutRecord, usize)> = BTreeMap::new();
+    for r in &all {
+        let entry = by_identity
+            .entry(r.identity.clone())
+            .or_insert_with(|| (r.clone(), 0));
+        assert_eq!(
+            &entry.0, r,
+            "one identity, two different records: the re-run is not deterministic"
+        );
+        entry.1 += 1;
+    }
+    for (identity, (_, copies)) in &by_identity {
+        let want = if identity.1 == batch_ms { 2 } else { 1 };
+        assert_eq!(
+            *copies, want,
+            "identity {identity:?} was produced {copies} time(s)"
+        );
+    }
+    let by_identity: BTreeMap<_, OutRecord> =
+        by_identity.into_iter().map(|(k, (r, _))| (k, r)).collect();
+    let mut totals: BTreeMap<String, i64> = BTreeMap::new();
+    for r in by_identity.values() {
+        *totals.entry(r.key.clone()).or_default() += r.value;
+    }
+    let expected = expected_counts(&expected);
+    if totals != expected {
+        let wrong: Vec<_> = expected
+            .iter()
+            .filter(|(w, c)| totals.get(*w) != Some(c))
+            .take(5)
+            .map(|(w, c)| format!("{w}: expected {c}, got {:?}", totals.get(w)))
+            .collect();
+        panic!(
+            "deduplicated counts differ from the workload's ({} vs {} words): {wrong:?}",
+            totals.len(),
+            expected.len()
+        );
+    }
+}
