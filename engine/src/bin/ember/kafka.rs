@@ -79,6 +79,21 @@ pub struct KafkaArgs {
     /// Commit each batch's offsets to Kafka (the group id) after its outputs completed.
     #[arg(long)]
     pub commit_offsets: bool,
+    /// A librdkafka consumer property, KEY=VALUE (repeatable), applied over the source's
+    /// defaults (e.g. `max.partition.fetch.bytes=8388608`, or security settings).
+    #[arg(long = "kafka-config", value_name = "KEY=VALUE")]
+    pub kafka_config: Vec<String>,
+}
+
+/// `--kafka-config KEY=VALUE` flags into the source's extra librdkafka settings.
+fn client_settings(flags: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    flags
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+            _ => bail!("--kafka-config takes KEY=VALUE, not {kv:?}"),
+        })
+        .collect()
 }
 
 /// How `ember gen --kafka` produces.
@@ -88,7 +103,8 @@ pub struct ProducerArgs {
     /// and goes to partition j mod P). 1 (the default) is one line per record. Brokers that
     /// store each record separately (tansu on sqlite) ingest and serve far more lines per
     /// second with more lines per record; `ember run wordcount` splits records into lines,
-    /// so the counts are the same.
+    /// so the counts are the same (its --lines then counts records, which is what it counts
+    /// for a Kafka source).
     #[arg(long, default_value_t = 1, requires = "kafka", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub lines_per_record: u32,
     /// A librdkafka producer property, KEY=VALUE (repeatable), applied over the defaults
@@ -359,6 +375,7 @@ pub fn wordcount(run: Run) -> anyhow::Result<ExitCode> {
     let mut options = KafkaOptions::new(bootstrap, topic.clone());
     options.max_rate_per_partition = Some(run.kafka.max_rate_per_partition);
     options.group_id = run.kafka.group_id.clone();
+    options.client_settings = client_settings(&run.kafka.kafka_config)?;
     options.starting_offsets = match run.kafka.starting_offsets.as_str() {
         "earliest" => StartingOffsets::Earliest,
         "latest" => StartingOffsets::Latest,
