@@ -276,6 +276,7 @@ impl KafkaPipeline {
             killed += 1;
         }
         let kill_phase = started.elapsed();
+        let resumed_at = self.resumed_offsets();
         let mut child = self.spawn_wordcount(sink, kills.final_rate, &[]);
         let status = wait_exit(&mut child, kills.final_timeout);
         let text = self.log();
@@ -284,8 +285,10 @@ impl KafkaPipeline {
             "the final run failed ({status}); log:\n{text}"
         );
         eprintln!(
-            "{killed} kills in {kill_phase:.1?}, final run {:.1?}; {} restarts re-ran a partly \
-             written batch; {} partition writes skipped as already committed",
+            "{killed} kills in {kill_phase:.1?}, the last restart resumed at {resumed_at} of {} \
+             offsets; final run {:.1?}; {} restarts re-ran a partly written batch; {} partition \
+             writes skipped as already committed",
+            self.records(),
             started.elapsed() - kill_phase,
             text.matches("Partial {").count(),
             text.matches("already committed by an earlier run").count()
@@ -295,6 +298,28 @@ impl KafkaPipeline {
             "only {killed} kills happened before the run completed: the test is too short to \
              prove anything"
         );
+    }
+
+    /// The offsets (summed over partitions) the newest run so far resumed from, as its log
+    /// says (`progress stored in the sink ... until: N ...`): how far the runs before it got.
+    /// Only for the test's report; 0 if the log does not say.
+    fn resumed_offsets(&self) -> i64 {
+        let log = self.log();
+        let Some(line) = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("progress stored in the sink"))
+        else {
+            return 0;
+        };
+        line.split("until: ")
+            .skip(1)
+            .filter_map(|rest| {
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .and_then(|n| n.parse::<i64>().ok())
+            })
+            .sum()
     }
 
     /// The workload's expected counts.
