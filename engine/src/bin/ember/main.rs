@@ -40,7 +40,9 @@ enum Command {
     /// (The WAL's crash-and-recover demo is `ember wal demo`.)
     Demo(demo::Args),
     Executor(executor::Args),
-    Run(run::Args),
+    // Boxed: its flags (sources, sinks, durability, storage URLs, Kafka) make it several
+    // times the size of the other variants.
+    Run(Box<run::Args>),
     Bench(bench::Args),
     /// Inspect a checkpoint directory: what a restart would do, without doing it.
     Checkpoint(checkpoint::Args),
@@ -73,7 +75,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Executor(args) => executor::run(args),
         Command::Run(args) => {
             init_logging("info");
-            run::run(args)
+            run::run(*args)
         }
         Command::Bench(args) => {
             init_logging("warn");
