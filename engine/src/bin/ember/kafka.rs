@@ -360,6 +360,16 @@ enum Output {
     Files(Arc<FileSink>),
 }
 
+/// The word count over Kafka records, in assign and in group mode: a record holds one line,
+/// or several joined by '\n' (`ember gen --lines-per-record`), so records are split into
+/// lines, then words.
+fn word_counts(records: &engine::DStream<Str>) -> engine::DStream<(Str, u64)> {
+    records
+        .flat_map(|record: Str| record.split('\n').flat_map(|line| line.split(' ')))
+        .map(|word| (word, 1u64))
+        .reduce_by_key(|a, b| a + b)
+}
+
 /// `ember run wordcount --source kafka://...`.
 pub fn wordcount(run: Run) -> anyhow::Result<ExitCode> {
     if let Some(group) = source_group(&run.source)? {
@@ -426,11 +436,7 @@ pub fn wordcount(run: Run) -> anyhow::Result<ExitCode> {
 
     let ctx = StreamingContext::new(run.config.clone()).context("invalid settings")?;
     let (lines, offsets) = ctx.kafka_stream(options)?;
-    let counts = lines
-        // A record holds one line, or several joined by '\n' (`ember gen --lines-per-record`).
-        .flat_map(|record: Str| record.split('\n').flat_map(|line| line.split(' ')))
-        .map(|word| (word, 1u64))
-        .reduce_by_key(|a, b| a + b);
+    let counts = word_counts(&lines);
     match &output {
         Output::Postgres { sink, .. } => {
             counts.write_to(&pipeline, Arc::clone(sink), Some(offsets.clone()))
@@ -591,6 +597,7 @@ fn wordcount_group(run: Run, group: String) -> anyhow::Result<ExitCode> {
     options.max_rate_per_partition = Some(run.kafka.max_rate_per_partition);
     options.group_id = Some(group);
     options.subscribe = true;
+    options.client_settings = client_settings(&run.kafka.kafka_config)?;
     options.stored_offsets = Some(sink.stored_offsets_for(&pipeline));
     options.starting_offsets = match run.kafka.starting_offsets.as_str() {
         "earliest" => StartingOffsets::Earliest,
@@ -601,11 +608,7 @@ fn wordcount_group(run: Run, group: String) -> anyhow::Result<ExitCode> {
 
     let ctx = StreamingContext::new(run.config.clone()).context("invalid settings")?;
     let (lines, offsets) = ctx.kafka_stream(options)?;
-    lines
-        .flat_map(|line: Str| line.split(' '))
-        .map(|word| (word, 1u64))
-        .reduce_by_key(|a, b| a + b)
-        .write_to(&pipeline, Arc::clone(&sink), Some(offsets.clone()));
+    word_counts(&lines).write_to(&pipeline, Arc::clone(&sink), Some(offsets.clone()));
     ctx.add_listener(Arc::new(UntilGroupOffsets {
         sink: Arc::clone(&sink),
         pipeline: pipeline.clone(),
