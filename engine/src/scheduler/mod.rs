@@ -248,14 +248,24 @@ impl Scheduler {
     }
 
     /// When the driver should next call [`Scheduler::on_tick`]: the next batch time, or
-    /// `None` once no more batches will be generated.
+    /// `None` once no more batches will be generated, or while the next grid point is
+    /// already due but held back by the queue cap (a tick could not generate it; the
+    /// completion of a batch does). Returning the past time there would make the driver
+    /// spin on an expired timer for as long as the pipeline is behind.
     pub fn next_deadline(&self) -> Option<BatchTime> {
-        (self.generating && self.phase != Phase::Stopped).then_some(self.next_time)
+        let held_back = self.queue_full() && self.next_time.as_millis() <= self.now_ms;
+        self.open_batch().filter(|_| !held_back)
     }
 
     /// The batch that a block reported now will be allocated to: the next one generated.
     pub fn open_batch(&self) -> Option<BatchTime> {
-        self.next_deadline()
+        (self.generating && self.phase != Phase::Stopped).then_some(self.next_time)
+    }
+
+    /// Whether the cap on queued batches stops generation.
+    fn queue_full(&self) -> bool {
+        let cap = self.config.queued_max;
+        cap != 0 && self.queued.len() >= cap
     }
 
     /// The blocks not yet allocated (after a restart: the recovered ones), in the order the
@@ -307,11 +317,7 @@ impl Scheduler {
 
     /// Generates every batch due by the latest tick, up to the queue cap.
     fn generate_due(&mut self, actions: &mut Vec<Action>) {
-        let cap = self.config.queued_max;
-        while self.generating
-            && self.next_time.as_millis() <= self.now_ms
-            && (cap == 0 || self.queued.len() < cap)
-        {
+        while self.generating && self.next_time.as_millis() <= self.now_ms && !self.queue_full() {
             let time = self.next_time;
             self.next_time = time.plus_millis(self.config.interval_ms);
             let blocks = std::mem::take(&mut self.unallocated);

@@ -299,6 +299,29 @@ fn missed_grid_points_are_generated_no_faster_than_batches_complete() {
     let a = s.on_event(Event::BatchCompleted { time: t(15_000) });
     assert_eq!(allocated(&a), []);
     assert_eq!(runs(&a), [16_000]);
+    assert_eq!(s.next_deadline(), Some(t(17_000)));
+}
+
+#[test]
+fn a_full_queue_leaves_no_deadline_so_the_driver_waits_for_a_completion() {
+    let mut config = config(0, &[S0]);
+    config.queued_max = 1;
+    let mut s = Scheduler::new(config);
+    assert_eq!(runs(&s.on_tick(11_000)), [11_000]);
+    // Behind: 12 s is generated and waits; 13 s and 14 s are due but held back.
+    let a = s.on_tick(14_500);
+    assert_eq!(allocated(&a), [(12_000, vec![])]);
+    // No tick can generate 13 s now, so there is no deadline: a past one would make the
+    // driver spin on an expired timer until a batch completes. Blocks still know their
+    // batch.
+    assert_eq!(s.next_deadline(), None);
+    assert_eq!(s.open_batch(), Some(t(13_000)));
+    // A completion frees the queue: 13 s is due again at once.
+    assert_eq!(
+        runs(&s.on_event(Event::BatchCompleted { time: t(11_000) })),
+        [12_000]
+    );
+    assert_eq!(s.next_deadline(), Some(t(13_000)));
 }
 
 #[test]
