@@ -39,8 +39,10 @@ pub struct Config {
     pub partitions: usize,
     /// Worker threads for block stages and per-partition work; default: cores.
     pub worker_threads: usize,
-    /// Per receiver: blocks stored but not yet through their block stages (default: one per
-    /// worker, at least 2). When full, the receiver waits (and stops reading its source).
+    /// Per receiver: blocks stored but not yet through their block stages, or not yet
+    /// assigned to their batch by the driver (default: one per worker, at least 2). When
+    /// full, the receiver waits (and stops reading its source). This bounds the block
+    /// buffers in flight and the per-block results waiting to be folded into their batch.
     pub receiver_queue_blocks_max: usize,
     /// Per input stream: blocks received and not yet cleaned up (their derived results are
     /// held until then). When full, the receiver waits for batches to complete.

@@ -668,6 +668,8 @@ impl StreamingContext {
                     bytes: 0,
                     invalid_records: 0,
                     rate_limit_records_per_sec: None,
+                    errors: 0,
+                    ends_of_stream: 0,
                 }),
                 listeners: Arc::clone(&self.listeners),
                 metadata_log: metadata_log.clone(),

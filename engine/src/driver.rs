@@ -34,7 +34,15 @@ use crate::time::BatchTime;
 
 /// What the driver task hears about.
 pub(crate) enum DriverEvent {
-    BlockStored(StoredBlock),
+    /// A block was stored. `queue_slot` is a share of the block's receiver queue slot: the
+    /// slot frees only once the driver has assigned the block to its batch (here) and its
+    /// block stages have run, so that a receiver never runs more than
+    /// `receiver_queue_blocks_max` blocks ahead of the driver, and per-block results wait
+    /// for their fold only that long (see `BlockCache`).
+    BlockStored {
+        block: StoredBlock,
+        queue_slot: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
+    },
     ReceiverStopped {
         stream: StreamId,
         error: Option<Error>,
@@ -145,7 +153,7 @@ impl Driver {
 
     async fn handle(&mut self, event: DriverEvent) {
         let actions = match event {
-            DriverEvent::BlockStored(block) => {
+            DriverEvent::BlockStored { block, queue_slot } => {
                 // The receiver recorded the block in the metadata log before reporting it.
                 // The block goes to the next batch generated: block stages that fold can
                 // start folding it into that batch now.
@@ -160,6 +168,8 @@ impl Driver {
                         task.assign(block.id, batch);
                     }
                 }
+                // Assigned (and folded, if its stages have run): the receiver may go on.
+                drop(queue_slot);
                 self.scheduler.on_event(Event::BlockStored(block))
             }
             DriverEvent::ReceiverStopped { stream, error } => {

@@ -95,7 +95,7 @@ pub enum ReceiverState {
         /// The source (address, directory, ...).
         source: String,
     },
-    /// Lost its source; retries after a back-off.
+    /// Lost its source, or its source ended; retries after a back-off.
     Backoff {
         /// The failed attempts in a row.
         attempt: u32,
@@ -103,6 +103,13 @@ pub enum ReceiverState {
         retry_in_ms: u64,
         /// Why the last attempt or connection ended.
         reason: String,
+        /// The source ended its stream cleanly (the sender closed the connection) and no
+        /// connection succeeded since: the receiver is reconnecting in case the source comes
+        /// back. Neither that end nor these attempts are errors (see
+        /// [`ReceiverInfo::errors`]); a receiver that gives up (`reconnect_attempts_max`)
+        /// still fails.
+        #[serde(default)]
+        after_end_of_stream: bool,
     },
     /// Stopped (normally).
     Stopped,
@@ -125,10 +132,23 @@ impl fmt::Display for ReceiverState {
                 attempt,
                 retry_in_ms,
                 reason,
+                after_end_of_stream: false,
             } => {
                 write!(
                     f,
                     "{reason}; retrying in {retry_in_ms} ms (failed attempts: {attempt})"
+                )
+            }
+            ReceiverState::Backoff {
+                attempt,
+                retry_in_ms,
+                reason,
+                after_end_of_stream: true,
+            } => {
+                write!(
+                    f,
+                    "{reason}; the source ended its stream, reconnecting in {retry_in_ms} ms \
+                     (attempts since: {attempt})"
                 )
             }
             ReceiverState::Stopped => write!(f, "stopped"),
@@ -156,6 +176,15 @@ pub struct ReceiverInfo {
     pub invalid_records: u64,
     /// The current rate limit, records per second (`None`: unlimited).
     pub rate_limit_records_per_sec: Option<u64>,
+    /// Errors: connections lost or refused, failed attempts, and a failure of the receiver
+    /// (each [`ReceiverState::Backoff`] not `after_end_of_stream`, and [`ReceiverState::Failed`]).
+    /// A clean end of stream and the reconnect attempts after it are not errors.
+    #[serde(default)]
+    pub errors: u64,
+    /// Times the source ended its stream cleanly (a socket source: the sender closed the
+    /// connection).
+    #[serde(default)]
+    pub ends_of_stream: u64,
 }
 
 /// Receives the context's events (Spark's `StreamingListener`). Batch events are delivered

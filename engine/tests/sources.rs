@@ -162,6 +162,10 @@ fn a_dead_socket_source_backs_off_reports_its_state_and_recovers() {
     drain(&ctx);
     ctx.stop(true).unwrap();
     assert_eq!(*seen.lock().unwrap(), ["finally here"]);
+    // Refused attempts before any connection are errors, counted once each.
+    let info = &ctx.receivers()[0];
+    assert!(info.errors >= 3, "{info:?}");
+    assert_eq!(info.ends_of_stream, 1, "{info:?}");
     assert!(
         states
             .0
@@ -170,6 +174,71 @@ fn a_dead_socket_source_backs_off_reports_its_state_and_recovers() {
             .iter()
             .any(|s| matches!(s, ReceiverState::Receiving { source } if *source == addr))
     );
+}
+
+#[test]
+fn a_clean_end_of_stream_then_a_stop_is_not_an_error() {
+    // The sender serves two lines and goes away (its listener closes too), as `ember gen`
+    // does: the receiver reconnects (refused) until the context stops.
+    let addr = serve_once(b"one two\nthree\n".to_vec());
+    let mut c = config(100);
+    c.reconnect_backoff_initial_ms = 20;
+    c.reconnect_backoff_max_ms = 40;
+    let ctx = StreamingContext::new(c).unwrap();
+    let lines = ctx.socket_text_stream(&addr).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    lines.foreach_batch(move |data: &BatchData<Str>, _| {
+        sink.lock()
+            .unwrap()
+            .extend(data.iter().map(|s| s.to_string()))
+    });
+    let states = Arc::new(States(Mutex::new(Vec::new())));
+    ctx.add_listener(states.clone());
+    ctx.start().unwrap();
+    // Wait for two refused reconnects after the end of stream.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after_end = |states: &[ReceiverState]| -> Vec<(u32, String)> {
+        states
+            .iter()
+            .filter_map(|s| match s {
+                ReceiverState::Backoff {
+                    attempt,
+                    reason,
+                    after_end_of_stream: true,
+                    ..
+                } => Some((*attempt, reason.clone())),
+                _ => None,
+            })
+            .collect()
+    };
+    while after_end(&states.0.lock().unwrap()).len() < 3 {
+        assert!(Instant::now() < deadline, "{:?}", states.0.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    while seen.lock().unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "lines not processed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    ctx.stop(true).unwrap();
+    assert_eq!(*seen.lock().unwrap(), ["one two", "three"]);
+    let reconnects = after_end(&states.0.lock().unwrap());
+    // The end itself (no failed attempt yet), then refused attempts, reported as such.
+    assert_eq!(reconnects[0].0, 0, "{reconnects:?}");
+    assert!(reconnects[0].1.contains("closed"), "{reconnects:?}");
+    assert!(
+        reconnects[1..]
+            .iter()
+            .all(|(attempt, reason)| *attempt >= 1 && reason.contains("connect to")),
+        "{reconnects:?}"
+    );
+    let info = &ctx.receivers()[0];
+    assert_eq!(info.ends_of_stream, 1, "{info:?}");
+    assert_eq!(
+        info.errors, 0,
+        "a clean end and its reconnects are not errors: {info:?}"
+    );
+    assert_eq!(info.records, 2);
 }
 
 #[test]

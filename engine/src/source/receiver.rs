@@ -9,7 +9,8 @@
 //! 3. record it in the metadata log, if the context has one, and wait until that record is
 //!    durable (a block acknowledged but not logged would be forgotten by a restart);
 //! 4. report it to the scheduler (it becomes allocatable) and start its block stages on the
-//!    worker pool;
+//!    worker pool; its queue slot frees once both the driver has assigned it to its batch
+//!    and the stages have run;
 //! 5. only then return to the receiver, which may acknowledge its source.
 
 use std::future::Future;
@@ -126,14 +127,22 @@ impl ReceiverShared {
             info.blocks += 1;
             info.bytes += len;
         }
+        // The queue slot is shared by the driver (until it assigned the block to its batch)
+        // and each stage task: it frees once the block is assigned and its stages have run.
+        // Per-block results are folded into their batch as soon as both hold, so waiting
+        // for the driver too bounds the results not yet folded by the queue's length
+        // (otherwise a driver that falls behind under load leaves them piling up, up to
+        // `blocks_retained_max` of them).
+        let queued = Arc::new(queued);
         // The driver is gone only when the context is stopping; the block is still stored.
-        let _ = self.events.send(DriverEvent::BlockStored(stored.clone()));
+        let _ = self.events.send(DriverEvent::BlockStored {
+            block: stored.clone(),
+            queue_slot: Some(Arc::clone(&queued)),
+        });
         if self.tasks.is_empty() {
             self.handler.consumed(id);
         } else {
-            // Each stage task holds a share of the queue permit: the slot is free once the
-            // last of them finished.
-            let queued = Arc::new(queued);
+            // Each stage task holds a share of the queue permit.
             let remaining = Arc::new(AtomicU64::new(self.tasks.len() as u64));
             for task in &self.tasks {
                 let (task, bytes, remaining) =
@@ -152,23 +161,43 @@ impl ReceiverShared {
         Ok(stored)
     }
 
+    /// Reports the receiver's state to the log and the listeners; a state that is an error
+    /// (see [`ReceiverInfo::errors`]) is counted.
     pub fn set_state(&self, state: ReceiverState) {
         let info = {
             let mut info = lock(&self.info);
             if info.state == state {
                 return;
             }
+            if matches!(
+                state,
+                ReceiverState::Backoff {
+                    after_end_of_stream: false,
+                    ..
+                } | ReceiverState::Failed { .. }
+            ) {
+                info.errors += 1;
+            }
             info.state = state;
             info.rate_limit_records_per_sec = self.limiter.rate();
             info.clone()
         };
         match &info.state {
-            ReceiverState::Backoff { .. } | ReceiverState::Failed { .. } => {
+            ReceiverState::Backoff {
+                after_end_of_stream: false,
+                ..
+            }
+            | ReceiverState::Failed { .. } => {
                 tracing::warn!(stream = %self.name, state = %info.state, "receiver");
             }
             _ => tracing::info!(stream = %self.name, state = %info.state, "receiver"),
         }
         self.listeners.receiver_state(&info);
+    }
+
+    /// Counts a clean end of the source's stream (see [`ReceiverInfo::ends_of_stream`]).
+    pub fn count_end_of_stream(&self) {
+        lock(&self.info).ends_of_stream += 1;
     }
 
     pub fn count_invalid(&self, records: u64) {

@@ -9,7 +9,12 @@
 //! When the connection fails or ends, the receiver reports [`ReceiverState::Backoff`] and
 //! reconnects after `reconnect_backoff_initial_ms`, doubling up to
 //! `reconnect_backoff_max_ms`; after `reconnect_attempts_max` failed attempts in a row it
-//! fails (the context stops with the error). A line cut off by the end of a connection is
+//! fails (the context stops with the error). A connection the sender closed cleanly is an
+//! end of stream, not an error: until a connection succeeds again the back-off is reported
+//! with `after_end_of_stream` and its attempts are not counted in
+//! [`crate::ReceiverInfo::errors`] (a generator that served its lines and exited, followed by
+//! a stop, is a clean run); a lost connection (a read error) or a refused connection before
+//! any end of stream is. A line cut off by the end of a connection is
 //! still a record (as Java's `readLine`); a partial line at a stop is dropped and logged.
 //!
 //! # Acknowledged mode
@@ -92,6 +97,8 @@ pub(crate) async fn run(
     });
     let mut failures = 0u32;
     let mut backoff_ms = config.reconnect_backoff_initial_ms;
+    // The sender ended the stream cleanly and no connection succeeded since.
+    let mut after_end_of_stream = false;
     loop {
         if shared.stop_requested().is_some() {
             return Ok(());
@@ -108,6 +115,7 @@ pub(crate) async fn run(
         let reason = match connected {
             Ok(stream) => {
                 failures = 0;
+                after_end_of_stream = false;
                 backoff_ms = config.reconnect_backoff_initial_ms;
                 shared.set_state(ReceiverState::Receiving {
                     source: address.clone(),
@@ -122,9 +130,14 @@ pub(crate) async fn run(
                         return Ok(());
                     }
                     Ok(ConnectionEnd::EndOfStream) if options.stop_at_end_of_stream => {
+                        shared.count_end_of_stream();
                         return Ok(());
                     }
-                    Ok(ConnectionEnd::EndOfStream) => "the sender closed the connection".to_owned(),
+                    Ok(ConnectionEnd::EndOfStream) => {
+                        shared.count_end_of_stream();
+                        after_end_of_stream = true;
+                        "the sender closed the connection".to_owned()
+                    }
                     Err(e @ Error::Network { .. }) => e.to_string(),
                     Err(e) => return Err(e),
                 }
@@ -150,6 +163,7 @@ pub(crate) async fn run(
             attempt: failures,
             retry_in_ms: backoff_ms,
             reason,
+            after_end_of_stream,
         });
         tokio::select! {
             biased;
@@ -467,7 +481,6 @@ async fn store_lines(
             }
         }
         let raw = lines.split_to(len);
-        let lines_in_raw = crate::block::LinesCodec::count_records(&raw);
         let checked = check_lines(
             raw,
             shared.config.invalid_utf8,
@@ -475,6 +488,8 @@ async fn store_lines(
             address,
             *next_line,
         )?;
+        // Every line is either kept or dropped as invalid (one count of the newlines).
+        let lines_in_raw = checked.records + checked.invalid;
         *next_line += lines_in_raw;
         shared.count_invalid(checked.invalid);
         match ack.as_deref_mut() {

@@ -72,7 +72,8 @@ pub struct WordcountArgs {
     /// Pipeline worker threads [default: cores].
     #[arg(long)]
     workers: Option<usize>,
-    /// Maximum block size in bytes [default: 4 MiB].
+    /// Maximum block size in bytes [default: 1 MiB in memory, 4 MiB with --durability wal or
+    /// replicated].
     #[arg(long)]
     block_size_max_bytes: Option<usize>,
     /// Blocks stored but not yet through their block stages [default: workers, at least 2].

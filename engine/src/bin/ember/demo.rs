@@ -70,7 +70,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         partitions: None,
         workers: None,
         block_interval_ms: None,
-        block_size_max_bytes: None,
+        block_size_max_bytes: Some(crate::wordcount::IN_MEMORY_BLOCK_SIZE_MAX_BYTES),
         receiver_queue_blocks_max: None,
     };
     let ctx = StreamingContext::new(settings.config())?;

@@ -18,6 +18,7 @@ mod demo;
 mod executor;
 mod r#gen;
 mod kafka;
+mod malloc;
 mod run;
 mod wal;
 mod wordcount;
@@ -49,6 +50,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    malloc::configure();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -102,7 +102,8 @@ pub struct WordcountArgs {
     /// Block interval in milliseconds [default: 200].
     #[arg(long)]
     block_interval_ms: Option<u64>,
-    /// Maximum block size in bytes [default: 4 MiB].
+    /// Maximum block size in bytes [default: 1 MiB with --durability ignore, the engine's
+    /// 4 MiB with a WAL or replicas].
     #[arg(long)]
     block_size_max_bytes: Option<usize>,
     /// Blocks stored but not yet through their block stages [default: workers, at least 2].
@@ -210,7 +211,10 @@ fn wordcount_main(args: WordcountArgs) -> anyhow::Result<ExitCode> {
         partitions: args.partitions,
         workers: args.workers,
         block_interval_ms: args.block_interval_ms,
-        block_size_max_bytes: args.block_size_max_bytes,
+        block_size_max_bytes: args
+            .block_size_max_bytes
+            .or((args.durability == Mode::Ignore)
+                .then_some(wordcount::IN_MEMORY_BLOCK_SIZE_MAX_BYTES)),
         receiver_queue_blocks_max: args.receiver_queue_blocks_max,
     };
     let mut config = settings.config();
@@ -331,6 +335,10 @@ fn wordcount_main(args: WordcountArgs) -> anyhow::Result<ExitCode> {
     m.insert(
         "receiver_errors".into(),
         json!(observed.receiver_errors.load(Ordering::Relaxed)),
+    );
+    m.insert(
+        "receiver_ends_of_stream".into(),
+        json!(observed.receiver_ends_of_stream.load(Ordering::Relaxed)),
     );
     m.insert("process_start_epoch_ms".into(), json!(process_start_ms));
     if let Some(launch) = launch_ms {

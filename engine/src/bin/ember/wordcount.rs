@@ -11,10 +11,19 @@ use std::time::Duration;
 
 use anyhow::Context;
 use engine::{
-    BatchData, BatchInfo, Config, ReceiverInfo, ReceiverState, Str, StreamingContext,
-    StreamingListener,
+    BatchData, BatchInfo, Config, ReceiverInfo, Str, StreamingContext, StreamingListener,
 };
 use serde_json::{Map, Value, json};
+
+/// The block size of the word count when its blocks are only in memory (`--durability
+/// ignore`, the Spark baseline's setting), instead of the engine's 4 MiB. In memory a block
+/// costs nothing per block but its per-block hash map, and its size sets the receiver's
+/// memory: `receiver_queue_blocks_max + 2` buffers of a block and a read, 5 MiB at 1 MiB
+/// against 17 MiB at 4 MiB, and with them the step by which the peak RSS varies between runs
+/// (BENCHMARKS.md, "Memory at 2 M and 50 M lines"); it measured no slower. With a WAL or
+/// replicas each block costs a sync or a round trip before the next is read, and 1 MiB
+/// blocks measured about 15% slower there, so those modes keep 4 MiB.
+pub const IN_MEMORY_BLOCK_SIZE_MAX_BYTES: usize = 1 << 20;
 
 /// The pipeline's knobs.
 #[derive(Clone, Debug)]
@@ -65,6 +74,7 @@ pub struct Observed {
     pub records: AtomicU64,
     pub target_seen_ms: AtomicU64,
     pub receiver_errors: AtomicU64,
+    pub receiver_ends_of_stream: AtomicU64,
 }
 
 /// Stops the context (gracefully) once `lines` records have been processed, and keeps every
@@ -100,14 +110,14 @@ impl StreamingListener for Monitor {
     }
 
     fn on_receiver_state(&self, receiver: &ReceiverInfo) {
-        if matches!(
-            receiver.state,
-            ReceiverState::Backoff { .. } | ReceiverState::Failed { .. }
-        ) {
-            self.observed
-                .receiver_errors
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        // The engine's count (a clean end of stream and the reconnects after it are not
+        // errors); the word count has one receiver.
+        self.observed
+            .receiver_errors
+            .fetch_max(receiver.errors, Ordering::Relaxed);
+        self.observed
+            .receiver_ends_of_stream
+            .fetch_max(receiver.ends_of_stream, Ordering::Relaxed);
     }
 }
 
