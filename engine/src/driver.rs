@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
-use crate::block::{StoredBlock, StreamId};
+use crate::block::{BlockId, StoredBlock, StreamId};
 use crate::clock::Clock;
 use crate::context::{Listeners, MetadataLog, Shared};
 use crate::dstream::node::{BatchCx, StreamTable, catch, lock};
@@ -96,18 +96,8 @@ impl Driver {
         // Blocks recovered unallocated go to the next batch, ahead of any block stored from
         // now on: block stages that fold must expect them there (they have no arrival task;
         // the batch reads them back, or counts them lost).
-        if let Some(batch) = self.scheduler.open_batch() {
-            for block in self.scheduler.unallocated() {
-                for task in self
-                    .graph
-                    .block_tasks
-                    .get(&block.id.stream)
-                    .into_iter()
-                    .flatten()
-                {
-                    task.assign(block.id, batch);
-                }
-            }
+        for block in self.scheduler.unallocated() {
+            self.assign_to_open_batch(block.id);
         }
         while !self.scheduler.is_stopped() {
             let deadline = self.scheduler.next_deadline();
@@ -151,23 +141,24 @@ impl Driver {
         }
     }
 
+    /// Tells the block stages of the block's stream which batch it goes to (the next one
+    /// generated), so that stages that fold can fold it into that batch as it arrives.
+    fn assign_to_open_batch(&self, id: BlockId) {
+        let Some(batch) = self.scheduler.open_batch() else {
+            return;
+        };
+        for task in self.graph.block_tasks.get(&id.stream).into_iter().flatten() {
+            task.assign(id, batch);
+        }
+    }
+
     async fn handle(&mut self, event: DriverEvent) {
         let actions = match event {
             DriverEvent::BlockStored { block, queue_slot } => {
                 // The receiver recorded the block in the metadata log before reporting it.
                 // The block goes to the next batch generated: block stages that fold can
                 // start folding it into that batch now.
-                if let Some(batch) = self.scheduler.open_batch() {
-                    for task in self
-                        .graph
-                        .block_tasks
-                        .get(&block.id.stream)
-                        .into_iter()
-                        .flatten()
-                    {
-                        task.assign(block.id, batch);
-                    }
-                }
+                self.assign_to_open_batch(block.id);
                 // Assigned (and folded, if its stages have run): the receiver may go on.
                 drop(queue_slot);
                 self.scheduler.on_event(Event::BlockStored(block))

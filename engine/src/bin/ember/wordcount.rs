@@ -129,19 +129,24 @@ pub fn build(
     options: engine::SocketOptions,
 ) -> anyhow::Result<Totals> {
     let lines = ctx.socket_text_stream_with(address, options)?;
-    let totals = lines
-        .flat_map(|line| line.split(' '))
-        .map(|word| (word, 1u64))
-        .reduce_by_key(|a, b| a + b)
-        .update_state_by_key(|new: Vec<u64>, total: Option<u64>| {
-            Some(total.unwrap_or(0) + new.iter().sum::<u64>())
-        });
+    let totals = running_totals(&lines);
     let latest = Arc::new(Mutex::new(BatchData::empty()));
     let sink = Arc::clone(&latest);
     totals.foreach_batch(move |data, _| {
         *sink.lock().unwrap_or_else(|e| e.into_inner()) = data.clone()
     });
     Ok(latest)
+}
+
+/// Words of each line counted, then summed into running totals across batches.
+fn running_totals(lines: &engine::DStream<Str>) -> engine::DStream<(Str, u64)> {
+    lines
+        .flat_map(|line| line.split(' '))
+        .map(|word| (word, 1u64))
+        .reduce_by_key(|a, b| a + b)
+        .update_state_by_key(|new: Vec<u64>, total: Option<u64>| {
+            Some(total.unwrap_or(0) + new.iter().sum::<u64>())
+        })
 }
 
 /// The restartable word count of `ember run wordcount`: [`build`]'s pipeline, plus the
@@ -153,13 +158,7 @@ pub fn build_restartable(
     options: engine::SocketOptions,
 ) -> engine::Result<(Totals, Arc<AtomicU64>)> {
     let lines = ctx.socket_text_stream_with(address, options)?;
-    let totals = lines
-        .flat_map(|line| line.split(' '))
-        .map(|word| (word, 1u64))
-        .reduce_by_key(|a, b| a + b)
-        .update_state_by_key(|new: Vec<u64>, total: Option<u64>| {
-            Some(total.unwrap_or(0) + new.iter().sum::<u64>())
-        });
+    let totals = running_totals(&lines);
     let processed =
         lines
             .count()
