@@ -176,12 +176,17 @@ pub fn produce(
     let producer: FutureProducer = producer_config(&bootstrap, producer_args)?
         .create()
         .with_context(|| format!("creating a Kafka producer for {bootstrap}"))?;
-    let p = u64::from(partitions.max(1));
     let per_record = u64::from(producer_args.lines_per_record.max(1));
     let mut line_no: u64 = 0;
-    let mut record_no: u64 = 0;
+    let mut out = RecordWriter {
+        producer: &producer,
+        topic: &topic,
+        bootstrap: &bootstrap,
+        partitions: u64::from(partitions.max(1)),
+        records: 0,
+        pending: std::collections::VecDeque::new(),
+    };
     runtime.block_on(async {
-        let mut pending = std::collections::VecDeque::new();
         let mut payload: Vec<u8> = Vec::new();
         let mut in_payload = 0u64;
         for chunk in workload.stream(0..lines, config) {
@@ -197,40 +202,18 @@ pub fn produce(
                 in_payload += 1;
                 line_no += 1;
                 if in_payload == per_record {
-                    let partition = i32::try_from(record_no % p)?;
-                    send(
-                        &producer,
-                        &topic,
-                        partition,
-                        &payload,
-                        &mut pending,
-                        &bootstrap,
-                    )
-                    .await?;
-                    record_no += 1;
+                    out.send(&payload).await?;
                     payload.clear();
                     in_payload = 0;
                 }
             }
         }
         if in_payload > 0 {
-            let partition = i32::try_from(record_no % p)?;
-            send(
-                &producer,
-                &topic,
-                partition,
-                &payload,
-                &mut pending,
-                &bootstrap,
-            )
-            .await?;
-            record_no += 1;
+            out.send(&payload).await?; // the last, partial record
         }
-        while let Some(d) = pending.pop_front() {
-            ack(Some(d), &bootstrap).await?;
-        }
-        anyhow::Ok(())
+        out.drain().await
     })?;
+    let record_no = out.records;
     let secs = started.elapsed().as_secs_f64();
     println!(
         "GENSTATS {}",
@@ -241,38 +224,63 @@ pub fn produce(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Hands one record to the producer, waiting for acknowledgements while its queue is full
-/// or too many are outstanding (at most 50,000: memory stays bounded).
-async fn send(
-    producer: &FutureProducer,
-    topic: &str,
-    partition: i32,
-    payload: &[u8],
-    pending: &mut std::collections::VecDeque<rdkafka::producer::DeliveryFuture>,
-    bootstrap: &str,
-) -> anyhow::Result<()> {
-    let mut record = FutureRecord::<(), [u8]>::to(topic)
-        .partition(partition)
-        .payload(payload);
-    loop {
-        if pending.len() >= 50_000 {
-            ack(pending.pop_front(), bootstrap).await?;
-        }
-        match producer.send_result(record) {
-            Ok(d) => {
-                pending.push_back(d);
-                return Ok(());
+/// Outstanding acknowledgements [`RecordWriter`] allows before it waits for the oldest:
+/// memory stays bounded however long the workload is.
+const MAX_PENDING_RECORDS: usize = 50_000;
+
+/// `ember gen --kafka`'s producing side: record j goes to partition j mod P, at most
+/// [`MAX_PENDING_RECORDS`] unacknowledged at a time.
+struct RecordWriter<'a> {
+    producer: &'a FutureProducer,
+    topic: &'a str,
+    bootstrap: &'a str,
+    partitions: u64,
+    /// Records handed to the producer so far (the next record's number).
+    records: u64,
+    pending: std::collections::VecDeque<rdkafka::producer::DeliveryFuture>,
+}
+
+impl RecordWriter<'_> {
+    /// Hands one record to the producer, waiting for acknowledgements while its queue is
+    /// full or too many are outstanding.
+    async fn send(&mut self, payload: &[u8]) -> anyhow::Result<()> {
+        let partition = i32::try_from(self.records % self.partitions)?;
+        let mut record = FutureRecord::<(), [u8]>::to(self.topic)
+            .partition(partition)
+            .payload(payload);
+        loop {
+            if self.pending.len() >= MAX_PENDING_RECORDS {
+                ack(self.pending.pop_front(), self.bootstrap).await?;
             }
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                record = back;
-                if pending.is_empty() {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                } else {
-                    ack(pending.pop_front(), bootstrap).await?;
+            match self.producer.send_result(record) {
+                Ok(d) => {
+                    self.pending.push_back(d);
+                    self.records += 1;
+                    return Ok(());
                 }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    if self.pending.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    } else {
+                        ack(self.pending.pop_front(), self.bootstrap).await?;
+                    }
+                }
+                Err((e, _)) => bail!(
+                    "cannot produce to {} at {}: {e}",
+                    self.topic,
+                    self.bootstrap
+                ),
             }
-            Err((e, _)) => bail!("cannot produce to {topic} at {bootstrap}: {e}"),
         }
+    }
+
+    /// Waits for every outstanding acknowledgement.
+    async fn drain(&mut self) -> anyhow::Result<()> {
+        while let Some(d) = self.pending.pop_front() {
+            ack(Some(d), self.bootstrap).await?;
+        }
+        Ok(())
     }
 }
 
