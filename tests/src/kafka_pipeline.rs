@@ -26,6 +26,14 @@ use crate::servers::{Postgres, Tansu};
 /// Partitions of the topics the fixture creates (the 4), and of the word count.
 pub const PARTITIONS: u32 = 4;
 
+/// librdkafka's `fetch.wait.max.ms` for every consumer of these tests (the default is 500).
+/// tansu 0.6.0 holds every fetch response for half the fetch's max wait even when it has
+/// data (`tansu-storage` 0.6.0, `src/service/fetch.rs`: the loop in `fetch` sleeps
+/// `remaining / 2` before it checks whether it has enough bytes), so with the default each
+/// fetch takes at least 250 ms, which dominated these tests' run time (reading 5,000
+/// records back took 45 s). A short wait changes no result, only the latency.
+pub const FETCH_WAIT_MAX_MS: &str = "10";
+
 /// Default seed of [`KafkaPipeline::kill_rounds`] (`EMBER_KILL_SEED` overrides it).
 const KILL_SEED: u64 = 0x006b_6166_6b61;
 
@@ -176,9 +184,27 @@ impl KafkaPipeline {
         self.dir().join("ember.log")
     }
 
-    /// What the runs logged so far.
+    /// What the runs logged so far: [`KafkaPipeline::log_path`], then each group member's
+    /// log under its name.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+        let mut text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let mut members: Vec<PathBuf> = std::fs::read_dir(self.dir())
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "log") && *p != self.log_path())
+                    .collect()
+            })
+            .unwrap_or_default();
+        members.sort();
+        for member in members {
+            text.push_str(&format!(
+                "--- {} ---\n{}",
+                member.display(),
+                std::fs::read_to_string(&member).unwrap_or_default()
+            ));
+        }
+        text
     }
 
     /// The runs' `--out` file.
@@ -218,33 +244,64 @@ impl KafkaPipeline {
     }
 
     /// Starts `ember run wordcount --source kafka://<broker>/<topic> --sink <sink>` over the
-    /// whole topic (`--lines` [`KafkaPipeline::records`]), 200 ms batches, [`PARTITIONS`] partitions, at most
-    /// `max_rate` offsets per partition per second, with `extra` flags after those; its
-    /// stderr is appended to [`KafkaPipeline::log_path`].
+    /// whole topic (`--lines` [`KafkaPipeline::records`]), 200 ms batches, [`PARTITIONS`]
+    /// partitions, at most `max_rate` offsets per partition per second, with `extra` flags
+    /// after those; its stderr is appended to [`KafkaPipeline::log_path`].
     pub fn spawn_wordcount(&self, sink: &str, max_rate: u32, extra: &[&str]) -> Child {
+        let source = format!("kafka://{}/{}", self.bootstrap(), self.topic);
+        self.wordcount_command(&source, sink, max_rate, &self.log_path())
+            .args(extra)
+            .spawn()
+            .expect("starting ember run wordcount")
+    }
+
+    /// As [`KafkaPipeline::spawn_wordcount`], as a member of consumer group `group`
+    /// (`kafka://...?group=NAME`), logging to `dir()/<name>.log` (see [`KafkaPipeline::log`]),
+    /// with the source's group log lines ("Kafka partitions assigned", see
+    /// [`assignments`]) on. The process is killed when the returned guard drops.
+    pub fn spawn_group_member(&self, name: &str, group: &str, sink: &str, max_rate: u32) -> Member {
+        let source = format!("kafka://{}/{}?group={group}", self.bootstrap(), self.topic);
+        let log = self.member_log_path(name);
+        let child = self
+            .wordcount_command(&source, sink, max_rate, &log)
+            .spawn()
+            .expect("starting ember run wordcount in a group");
+        Member { child, log }
+    }
+
+    /// The log of group member `name` (see [`KafkaPipeline::spawn_group_member`]).
+    pub fn member_log_path(&self, name: &str) -> PathBuf {
+        self.dir().join(format!("{name}.log"))
+    }
+
+    fn wordcount_command(&self, source: &str, sink: &str, max_rate: u32, log: &Path) -> Command {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.log_path())
+            .open(log)
             .expect("opening the ember log");
-        Command::new(ember_bin())
-            .args(["run", "wordcount", "--source"])
-            .arg(format!("kafka://{}/{}", self.bootstrap(), self.topic))
-            .args(["--sink", sink])
+        let mut command = Command::new(ember_bin());
+        command
+            .args(["run", "wordcount", "--source", source, "--sink", sink])
             .args(["--lines", &self.records().to_string()])
             .args(["--batch-ms", "200", "--partitions", &PARTITIONS.to_string()])
             .args(["--max-rate-per-partition", &max_rate.to_string()])
             .args(["--timeout-s", "240"])
+            .args([
+                "--kafka-config",
+                &format!("fetch.wait.max.ms={FETCH_WAIT_MAX_MS}"),
+            ])
             .arg("--out")
             .arg(self.out_path())
-            .args(extra)
-            .env("RUST_LOG", "warn,engine::sink=info,ember::kafka=info")
+            .env(
+                "RUST_LOG",
+                "warn,engine::sink=info,engine::source::kafka=info,ember::kafka=info",
+            )
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("starting ember run wordcount")
+            .stderr(Stdio::from(log));
+        command
     }
 
     /// Runs the word count `kills.rounds` times, killing each run with `kill -9` at a seeded
@@ -414,6 +471,87 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
     }
 }
 
+/// Polls `done` every 100 ms until it holds; after `timeout`, panics naming `what` with
+/// the pipeline's logs.
+pub fn wait_until(
+    p: &KafkaPipeline,
+    timeout: Duration,
+    what: &str,
+    mut done: impl FnMut() -> bool,
+) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}; logs:\n{}",
+            p.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// An `ember run wordcount` group member ([`KafkaPipeline::spawn_group_member`]), killed
+/// with `kill -9` when dropped (a failing test leaves no process behind).
+pub struct Member {
+    /// The process.
+    pub child: Child,
+    /// Its log.
+    pub log: PathBuf,
+}
+
+impl Member {
+    /// SIGTERM: a graceful stop (the member finishes its batches and leaves the group).
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {} failed", self.child.id());
+    }
+
+    /// The "Kafka partitions assigned" lines of the member's log, oldest first.
+    pub fn assignments(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("Kafka partitions assigned"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The partitions of the member's newest assignment (empty before the first).
+    pub fn assigned(&self) -> Vec<i32> {
+        self.assignments()
+            .last()
+            .map(|line| assigned_partitions(line))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The partitions of one "Kafka partitions assigned" log line, whose `positions` field is
+/// `{P: OFFSET, ...}`.
+fn assigned_partitions(line: &str) -> Vec<i32> {
+    let Some(map) = line
+        .split_once("positions=")
+        .and_then(|(_, rest)| rest.split_once('{'))
+        .and_then(|(_, rest)| rest.split_once('}'))
+        .map(|(map, _)| map)
+    else {
+        return Vec::new();
+    };
+    map.split(',')
+        .filter_map(|entry| entry.split_once(':'))
+        .filter_map(|(p, _)| p.trim().parse().ok())
+        .collect()
+}
+
 /// Runs `sql` (one or more statements) against the PostgreSQL at `url`.
 pub fn execute_sql(url: &str, sql: &str) {
     let rt = current_thread_runtime();
@@ -451,14 +589,59 @@ fn current_thread_runtime() -> tokio::runtime::Runtime {
         .expect("a tokio runtime")
 }
 
+/// The `word_counts` table of the PostgreSQL at `url`.
+pub fn read_counts(url: &str) -> Counts {
+    query_sql(url, "SELECT key, value FROM word_counts")
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+        .collect()
+}
+
+/// What a consumer-group pipeline stored in `ember_offsets` (partition -> next offset);
+/// empty before the sink created the table.
+pub fn read_group_offsets(url: &str, pipeline: &str) -> Offsets {
+    let rt = current_thread_runtime();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("connecting to PostgreSQL");
+        tokio::spawn(conn);
+        match client
+            .query(
+                "SELECT partition, until_offset FROM ember_offsets WHERE pipeline = $1",
+                &[&pipeline],
+            )
+            .await
+        {
+            Ok(rows) => rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
+            Err(_) => Offsets::new(), // not created yet
+        }
+    })
+}
+
+/// Creates `topic` with `partitions` partitions at `bootstrap`.
+pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("a Kafka admin client");
+    let results = current_thread_runtime()
+        .block_on(admin.create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        ))
+        .expect("creating a topic");
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+    }
+}
+
 /// The `word_counts` table and the offsets of `pipeline`'s newest batch, read from the
 /// PostgreSQL at `url`; asserts that newest batch committed every partition (batches run
 /// one at a time, so after a completed run every batch is complete).
 pub fn read_postgres(url: &str, pipeline: &str) -> (Counts, Offsets) {
-    let counts = query_sql(url, "SELECT key, value FROM word_counts")
-        .iter()
-        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
-        .collect();
+    let counts = read_counts(url);
     let newest = query_sql(
         url,
         &format!(
