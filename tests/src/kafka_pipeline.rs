@@ -37,6 +37,12 @@ pub const FETCH_WAIT_MAX_MS: &str = "10";
 /// Default seed of [`KafkaPipeline::kill_rounds`] (`EMBER_KILL_SEED` overrides it).
 const KILL_SEED: u64 = 0x006b_6166_6b61;
 
+/// What `ember run wordcount` logs once it has read its progress from the sink: where
+/// [`KafkaPipeline::kill_rounds`] starts counting a kill's delay.
+const STARTUP_LINE: &str = "progress stored in the sink";
+/// How long a run may take to log [`STARTUP_LINE`].
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Word counts: word → count.
 pub type Counts = BTreeMap<String, i64>;
 
@@ -68,7 +74,8 @@ pub struct Kills {
     /// when it is killed, so the kills land in every phase (start-up, reading, counting,
     /// committing) and spread over the whole topic.
     pub kill_rate: u32,
-    /// Each kill comes this long after the start plus a seeded delay below `spread`.
+    /// Each kill comes this long after the run read its progress from the sink (its start-up
+    /// line, see `STARTUP_LINE`) plus a seeded delay below `spread`.
     pub min_delay: Duration,
     /// See `min_delay`.
     pub spread: Duration,
@@ -80,7 +87,7 @@ pub struct Kills {
 
 impl Kills {
     /// `rounds` kills between 0.4 s (during start-up) and 2.4 s (mid-batch, mid-commit)
-    /// after each start, at 2,500 offsets per partition per second, then a final run at
+    /// after each run has read its progress from the sink, at 2,500 offsets per partition per second, then a final run at
     /// 25,000.
     pub fn new(rounds: u32) -> Kills {
         Kills {
@@ -317,10 +324,28 @@ impl KafkaPipeline {
         let mut rng = seed;
         let mut killed = 0;
         for round in 0..kills.rounds {
+            let started_before = self.log().matches(STARTUP_LINE).count();
             let mut child = self.spawn_wordcount(sink, kills.kill_rate, &[]);
             let spread = u64::try_from(kills.spread.as_millis())
                 .unwrap_or(u64::MAX)
                 .max(1);
+            // The delay counts from the moment the run has read its progress from the sink,
+            // not from the spawn: under load (other builds on 2 cores) starting the process
+            // and connecting took longer than the whole window, every kill landed before
+            // the first batch and the test proved little. A kill before that moment finds
+            // nothing written yet.
+            let startup = Instant::now() + STARTUP_TIMEOUT;
+            while self.log().matches(STARTUP_LINE).count() == started_before
+                && child.try_wait().expect("polling ember").is_none()
+            {
+                assert!(
+                    Instant::now() < startup,
+                    "round {round}: the run did not read its progress from the sink within \
+                     {STARTUP_TIMEOUT:?}; log:\n{}",
+                    self.log()
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
             std::thread::sleep(
                 kills.min_delay + Duration::from_millis(splitmix(&mut rng) % spread),
             );
