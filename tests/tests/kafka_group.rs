@@ -151,8 +151,10 @@ fn two_members_split_the_partitions_survive_a_kill_and_a_rejoin_and_one_takes_ov
     );
     let left_at = stored();
     let left_unread = unread(&moved, &left_at, &end);
+    // (A broker that already handed the killed member's partitions over in step 2 may
+    // have let the survivor read everything by now: that broker proved the takeover there.)
     assert!(
-        left_unread > 0,
+        left_unread > 0 || took_over,
         "the stopped member had read its partitions {moved:?} to the end ({left_at:?}): the \
          takeover proves nothing"
     );
