@@ -58,6 +58,52 @@ fn bench_wordcount_prints_the_baselines_keys_and_checks_the_counts() {
     assert!(r["peak_rss_mb"].as_f64().unwrap() > 1.0);
 }
 
+/// With 10-minute batches, the run can end within its timeout only if its last batch runs
+/// when the generator's stream ends rather than at its grid time (10 minutes after the
+/// pipeline started; the timeout is 5 minutes).
+#[test]
+fn bench_wordcount_ends_with_the_stream_not_at_the_next_grid_point() {
+    let out = ember()
+        .args([
+            "bench",
+            "wordcount",
+            "--lines",
+            "20000",
+            "--words",
+            "5",
+            "--vocab",
+            "500",
+            "--batch-ms",
+            "600000",
+            "--timeout-s",
+            "300",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap();
+    let r: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(r["counts_match_expected"], true, "{line}");
+    assert_eq!(r["lines"], 20000, "{line}");
+    assert_eq!(r["stop_at_end_of_stream"], true, "{line}");
+    // One batch holds every line, and it ended before its batch time.
+    let batches = r["batch_detail_time_records_proc_sched"]
+        .as_array()
+        .unwrap();
+    assert_eq!(batches.len(), 1, "{line}");
+    let batch_time = batches[0][0].as_u64().unwrap();
+    assert!(
+        r["last_batch_end_epoch_ms"].as_u64().unwrap() < batch_time,
+        "{line}"
+    );
+}
+
 #[test]
 fn demo_runs_the_word_count_and_checks_it() {
     let out = ember()

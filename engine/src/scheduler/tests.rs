@@ -160,20 +160,23 @@ fn graceful_stop_processes_everything_received_before_stopping() {
     s.on_event(Event::BlockStored(block(S0, 1, 1)));
     s.on_event(Event::ReceiverStopped { stream: S0 });
     s.on_event(Event::BlockStored(block(S1, 0, 1)));
-    s.on_event(Event::ReceiverStopped { stream: S1 });
     assert_eq!(
         s.next_deadline(),
         Some(t(12_000)),
         "unallocated blocks need one more batch"
     );
-    s.on_event(Event::BatchCompleted { time: t(11_000) });
-    let a = s.on_tick(12_000);
+    // The last receiver stopped: nothing more can arrive, so the open batch is generated
+    // now, at its grid time, without waiting for the clock to reach it.
+    let a = s.on_event(Event::ReceiverStopped { stream: S1 });
     assert_eq!(allocated(&a), [(12_000, vec![(0, 1), (1, 0)])]);
+    assert_eq!(runs(&a), [] as [u64; 0], "batch 11 s is still running");
     assert_eq!(
         s.next_deadline(),
         None,
         "nothing left to allocate: generation stops"
     );
+    let a = s.on_event(Event::BatchCompleted { time: t(11_000) });
+    assert_eq!(runs(&a), [12_000]);
     let a = s.on_event(Event::BatchCompleted { time: t(12_000) });
     assert_eq!(
         a.last(),
@@ -184,6 +187,77 @@ fn graceful_stop_processes_everything_received_before_stopping() {
     );
     assert!(s.is_stopped());
     assert!(s.on_tick(20_000).is_empty());
+}
+
+#[test]
+fn a_graceful_stop_after_every_receiver_ended_runs_the_open_batch_without_waiting_for_the_clock() {
+    let mut s = Scheduler::new(config(0, &[S0]));
+    s.on_tick(10_300);
+    s.on_event(Event::BlockStored(block(S0, 0, 5)));
+    // The input ended on its own (a socket source that stops at the end of its stream):
+    // while no stop is requested, the batch still waits for its grid point.
+    let a = s.on_event(Event::ReceiverStopped { stream: S0 });
+    assert!(a.is_empty(), "{a:?}");
+    assert_eq!(s.next_deadline(), Some(t(11_000)));
+    // A graceful stop at 10.3 s: the batch at 11 s is generated and run at once, with the
+    // blocks its tick would have given it.
+    let a = s.on_event(Event::StopRequested { graceful: true });
+    assert_eq!(a[0], Action::StopReceivers { graceful: true });
+    assert_eq!(allocated(&a), [(11_000, vec![(0, 0)])]);
+    assert_eq!(runs(&a), [11_000]);
+    assert_eq!(s.next_deadline(), None);
+    let a = s.on_event(Event::BatchCompleted { time: t(11_000) });
+    assert_eq!(
+        a.last(),
+        Some(&Action::Stopped {
+            graceful: true,
+            unprocessed: vec![]
+        })
+    );
+}
+
+#[test]
+fn a_graceful_stop_waits_for_the_grid_while_a_receiver_may_still_store() {
+    let mut s = Scheduler::new(config(0, &[S0, S1]));
+    s.on_tick(10_300);
+    s.on_event(Event::BlockStored(block(S0, 0, 5)));
+    s.on_event(Event::StopRequested { graceful: true });
+    let a = s.on_event(Event::ReceiverStopped { stream: S0 });
+    assert!(allocated(&a).is_empty(), "S1 may still store blocks: {a:?}");
+    s.on_event(Event::BlockStored(block(S1, 0, 2)));
+    // An immediate stop overrides the graceful one: nothing more is generated early.
+    let mut immediate = Scheduler::new(config(0, &[S0]));
+    immediate.on_event(Event::BlockStored(block(S0, 0, 5)));
+    immediate.on_event(Event::ReceiverStopped { stream: S0 });
+    let a = immediate.on_event(Event::StopRequested { graceful: false });
+    assert!(allocated(&a).is_empty(), "{a:?}");
+    // The last receiver's stop ends the wait: both blocks go to the batch at 11 s.
+    let a = s.on_event(Event::ReceiverStopped { stream: S1 });
+    assert_eq!(allocated(&a), [(11_000, vec![(0, 0), (1, 0)])]);
+    assert_eq!(runs(&a), [11_000]);
+}
+
+#[test]
+fn an_ended_input_with_a_full_queue_generates_its_last_batch_when_a_batch_completes() {
+    let mut s = Scheduler::new(SchedulerConfig {
+        queued_max: 1,
+        ..config(0, &[S0])
+    });
+    s.on_event(Event::BlockStored(block(S0, 0, 1)));
+    s.on_tick(11_000); // 11 s runs
+    s.on_event(Event::BlockStored(block(S0, 1, 1)));
+    s.on_tick(12_000); // 12 s queued: the queue is full
+    s.on_event(Event::BlockStored(block(S0, 2, 1)));
+    s.on_event(Event::StopRequested { graceful: true });
+    let a = s.on_event(Event::ReceiverStopped { stream: S0 });
+    assert!(allocated(&a).is_empty(), "the queue cap holds: {a:?}");
+    let a = s.on_event(Event::BatchCompleted { time: t(11_000) });
+    assert!(allocated(&a).is_empty(), "12 s still queued: {a:?}");
+    assert_eq!(runs(&a), [12_000]);
+    // The queue has room again: the last batch is generated without waiting for 13 s.
+    let a = s.on_event(Event::BatchCompleted { time: t(12_000) });
+    assert_eq!(allocated(&a), [(13_000, vec![(0, 2)])]);
+    assert_eq!(runs(&a), [13_000]);
 }
 
 #[test]
@@ -451,6 +525,15 @@ proptest! {
                     s.on_event(Event::ReceiverStopped { stream: streams[i] })
                 }
             };
+            // A batch ahead of the clock only when nothing more can arrive.
+            for (time, _) in allocated(&actions) {
+                if time > now {
+                    prop_assert!(
+                        stop_graceful == Some(true) && receivers_stopped.iter().all(|r| *r),
+                        "batch {} generated at {} while input could still arrive", time, now
+                    );
+                }
+            }
             m.apply(actions)?;
         }
         // Drain a graceful stop: stop receivers, tick and complete until Stopped.

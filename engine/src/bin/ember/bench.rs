@@ -82,6 +82,12 @@ pub struct WordcountArgs {
     /// Give up after this long.
     #[arg(long, default_value_t = 900)]
     timeout_s: u64,
+    /// Stop the pipeline when the generator closes the connection (`ember run wordcount
+    /// --stop-at-end-of-stream`): its last batch then runs at once instead of at its grid
+    /// time. `false`: reconnect, and stop only after the batch holding line N ran at its
+    /// grid time, as the Spark baseline does (see BENCHMARKS.md).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    stop_at_end_of_stream: bool,
     /// Durability mode of the pipeline's stream (ignore, wal, replicated): runs `ember run
     /// wordcount --durability MODE --checkpoint DIR` in a temporary directory. Without it
     /// the pipeline runs without a checkpoint directory (in-memory, as the Spark baseline).
@@ -233,6 +239,10 @@ fn run_once(
         .arg("--metrics")
         .arg(&metrics_path)
         .args(["--timeout-s", &args.timeout_s.to_string()])
+        .args(
+            args.stop_at_end_of_stream
+                .then_some("--stop-at-end-of-stream"),
+        )
         .env("EMBER_LAUNCH_MS", launch_ms.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null());

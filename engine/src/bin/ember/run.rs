@@ -112,6 +112,13 @@ pub struct WordcountArgs {
     /// Give up (exit 3) if the lines have not all been processed after this long.
     #[arg(long, default_value_t = 900)]
     timeout_s: u64,
+    /// When the source closes the connection cleanly, stop instead of reconnecting: what was
+    /// received is processed (a graceful stop; its last batch runs at once, at its grid
+    /// time, instead of waiting for the clock), and the run fails (exit 3) if fewer than
+    /// --lines lines were processed. For a source that serves its whole input over one
+    /// connection, as `ember gen` does.
+    #[arg(long)]
+    stop_at_end_of_stream: bool,
 }
 
 /// `--durability`.
@@ -220,11 +227,12 @@ fn wordcount_main(args: WordcountArgs) -> anyhow::Result<ExitCode> {
     let mut config = settings.config();
     config.receiver_max_rate_records_per_sec = args.max_rate;
     let (partitions, workers) = (config.partitions, config.worker_threads);
-    let options = if source.ack {
+    let mut options = if source.ack {
         engine::SocketOptions::acknowledged()
     } else {
         engine::SocketOptions::default()
     };
+    options.stop_at_end_of_stream = args.stop_at_end_of_stream;
     let (ctx, totals, lines_done) =
         open_context(&args, &storage, config, &settings.address, options)?;
     let observed = Arc::new(Observed::default());
@@ -250,6 +258,11 @@ fn wordcount_main(args: WordcountArgs) -> anyhow::Result<ExitCode> {
         stop: ctx.stop_handle(),
     });
     ctx.add_listener(Arc::clone(&completion) as Arc<dyn engine::StreamingListener>);
+    if args.stop_at_end_of_stream {
+        ctx.add_listener(Arc::new(StopAtEndOfStream {
+            stop: ctx.stop_handle(),
+        }));
+    }
     ctx.stop_on_signals()?;
     ctx.start().context("starting the pipeline")?;
     let stopped = ctx.await_termination_timeout(Some(Duration::from_secs(args.timeout_s)));
@@ -326,6 +339,10 @@ fn wordcount_main(args: WordcountArgs) -> anyhow::Result<ExitCode> {
     );
     m.insert("distinct_words".into(), json!(rows.len()));
     m.insert("timed_out".into(), json!(timed_out));
+    m.insert(
+        "stop_at_end_of_stream".into(),
+        json!(args.stop_at_end_of_stream),
+    );
     if target_seen > 0 {
         m.insert(
             "stop_s".into(),
@@ -564,6 +581,26 @@ impl LostLedger {
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .sum()
+    }
+}
+
+/// `--stop-at-end-of-stream`: once the socket receiver has stopped at the end of its
+/// stream, nothing more will arrive, so the run stops gracefully. The receiver has stored
+/// every line it read before it reports `Stopped`; with every receiver stopped, the engine
+/// runs the last (open) batch at once rather than at its grid time.
+struct StopAtEndOfStream {
+    stop: engine::StopHandle,
+}
+
+impl engine::StreamingListener for StopAtEndOfStream {
+    fn on_receiver_state(&self, receiver: &engine::ReceiverInfo) {
+        if receiver.state == engine::ReceiverState::Stopped && receiver.ends_of_stream > 0 {
+            tracing::info!(
+                records = receiver.records,
+                "the source ended its stream; stopping"
+            );
+            self.stop.request_stop(true);
+        }
     }
 }
 
