@@ -250,6 +250,26 @@ impl Str {
         self.shared.is_none()
     }
 
+    /// The length of the shared buffer the string is a range of, which it keeps alive
+    /// (`None` if inline). For tests and diagnostics.
+    pub fn shared_buffer_len(&self) -> Option<usize> {
+        self.shared.as_ref().map(|text| text.len())
+    }
+
+    /// The same string, keeping no more memory alive than its own bytes: a range of a
+    /// larger shared buffer (a word of a received block) is copied into a buffer of its own;
+    /// an inline string, or one that is its whole buffer, is cloned.
+    ///
+    /// For strings kept long after the block they came from, such as keys of long-lived
+    /// state (the engine's stateful operators detach `Str` keys when they store them): a
+    /// 30-byte word cut from a 1-4 MiB block would otherwise keep the whole block alive.
+    pub fn detached(&self) -> Str {
+        match &self.shared {
+            Some(text) if text.len() > self.len() => Str::whole(ByteString::from(self.as_str())),
+            _ => self.clone(),
+        }
+    }
+
     /// The piece `start..end` of `self`, cut at character boundaries.
     #[inline]
     fn piece(&self, start: usize, end: usize) -> Str {

@@ -417,3 +417,94 @@ fn the_rate_limit_caps_records_per_second() {
         "{records} records in 1 s at 20,000/s"
     );
 }
+
+#[test]
+fn long_words_kept_in_state_do_not_keep_their_block_alive() {
+    // Words longer than `Str::INLINE_CAPACITY` are ranges of the received block; the
+    // stateful operators must keep copies of their own, or one word in state pins the
+    // whole block for as long as the key lives.
+    let words: Vec<String> = (0..40)
+        .map(|i| format!("a-word-longer-than-the-inline-capacity-{i:03}"))
+        .collect();
+    assert!(words.iter().all(|w| w.len() > Str::INLINE_CAPACITY));
+    let mut payload = String::new();
+    for line in 0..500 {
+        let a = &words[line % words.len()];
+        let b = &words[(line * 7 + 3) % words.len()];
+        payload.push_str(&format!("{a} {b}\n"));
+    }
+    let addr = serve_once(payload.into_bytes());
+    let ctx = StreamingContext::new(config(100)).unwrap();
+    let mut options = engine::SocketOptions::default();
+    options.stop_at_end_of_stream = true;
+    let lines = ctx.socket_text_stream_with(&addr, options).unwrap();
+    let pairs = lines
+        .flat_map(|line| line.split(' '))
+        .map(|word| (word, 1u64));
+    // What a key looks like on its way into state: a range of its block.
+    let incoming = Arc::new(Mutex::new(Vec::<Str>::new()));
+    let sink = Arc::clone(&incoming);
+    pairs.foreach_batch(move |data: &BatchData<(Str, u64)>, _| {
+        sink.lock()
+            .unwrap()
+            .extend(data.iter().map(|(k, _)| k.clone()))
+    });
+    let totals = pairs.update_state_by_key(|new: Vec<u64>, total: Option<u64>| {
+        Some(total.unwrap_or(0) + new.iter().sum::<u64>())
+    });
+    let mapped = pairs.map_with_state(engine::StateSpec::function(
+        |_: &Str, v: Option<u64>, state: &mut engine::State<u64>| {
+            let n = state.get().copied().unwrap_or(0) + v.unwrap_or(0);
+            state.update(n);
+            n
+        },
+    ));
+    let windowed = pairs
+        .reduce_by_key_and_window_inv(
+            |a, b| a + b,
+            |a, b| a - b,
+            Duration::from_millis(10_000),
+            Duration::from_millis(100),
+            None::<fn(&Str, &u64) -> bool>,
+        )
+        .unwrap();
+    type Latest = Arc<Mutex<Vec<(Str, u64)>>>;
+    let kept: Vec<Latest> = [totals, mapped.state_snapshots(), windowed]
+        .iter()
+        .map(|stream| {
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let sink = Arc::clone(&seen);
+            stream.foreach_batch(move |data: &BatchData<(Str, u64)>, _| {
+                *sink.lock().unwrap() = data.to_vec();
+            });
+            seen
+        })
+        .collect();
+    ctx.start().unwrap();
+    drain(&ctx);
+    ctx.stop(true).unwrap();
+
+    let incoming = incoming.lock().unwrap();
+    assert_eq!(incoming.len(), 1_000);
+    assert!(
+        incoming
+            .iter()
+            .all(|k| k.shared_buffer_len().is_some_and(|n| n > k.len())),
+        "the test's words should arrive as ranges of their block"
+    );
+    for (name, seen) in ["update_state_by_key", "map_with_state", "window_inv"]
+        .iter()
+        .zip(&kept)
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), words.len(), "{name}: every word is a key");
+        assert_eq!(seen.iter().map(|(_, n)| n).sum::<u64>(), 1_000, "{name}");
+        for (key, _) in seen.iter() {
+            assert_eq!(
+                key.shared_buffer_len(),
+                Some(key.len()),
+                "{name}: the key {key} keeps a buffer larger than itself alive"
+            );
+        }
+    }
+}

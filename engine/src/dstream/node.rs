@@ -18,12 +18,25 @@ use crate::error::{Error, Result};
 use crate::handler::ReceivedBlockHandler;
 use crate::hash::stable_hash;
 use crate::scheduler::Allocation;
+use crate::text::Str;
 use crate::time::BatchTime;
 
 /// What a stream's records must be: cloneable (a batch may be read by several operators and
 /// windows), sendable between worker threads, and owned.
 pub trait Data: Clone + Send + Sync + 'static {}
 impl<T: Clone + Send + Sync + 'static> Data for T {}
+
+/// A copy of `key` to keep in long-lived state: a [`Str`] key is
+/// [detached](Str::detached) from the received block it was cut from, so that the state does
+/// not keep the block alive; other key types are cloned (a key type that holds a `Str`
+/// inside, such as a tuple, is not detached).
+pub(crate) fn detached_key<K: Data>(key: &K) -> K {
+    let mut copy = key.clone();
+    if let Some(s) = (&mut copy as &mut dyn Any).downcast_mut::<Str>() {
+        *s = s.detached();
+    }
+    copy
+}
 
 /// What a key of a key-value stream must be: [`Data`] that hashes (with the engine's stable
 /// hasher, so partitioning is deterministic) and compares.

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use super::DStream;
 use super::batch_data::BatchData;
 use super::node::{
-    AnyNode, BatchCx, Compute, Data, Key, NodeCell, NodeInfo, OperatorId, catch, lock,
+    AnyNode, BatchCx, Compute, Data, Key, NodeCell, NodeInfo, OperatorId, catch, detached_key, lock,
 };
 use super::pipe::{BlockTask, UnitRunner};
 use crate::block::StreamId;
@@ -388,7 +388,7 @@ impl<K: Key, V: Data, S: Data> UpdateState<K, V, S> {
         }
         for ((k, _), vs) in new.iter().zip(values) {
             if let Some(s) = vs.and_then(|vs| (self.f)(vs, None)) {
-                out.insert(k.clone(), s);
+                out.insert(detached_key(k), s);
             }
         }
         out
@@ -685,7 +685,12 @@ impl<K: Key, V: Data, S: Data, U: Data> MapWithState<K, V, S, U> {
                 map.swap_remove(k);
             } else if let Some(s) = st.value.filter(|_| st.updated || self.timeout_ms.is_some()) {
                 // Data refreshes an existing key's idle clock (as Spark does with a timeout).
-                map.insert(k.clone(), (s, now));
+                match map.get_mut(k) {
+                    Some(entry) => *entry = (s, now),
+                    None => {
+                        map.insert(detached_key(k), (s, now));
+                    }
+                }
             }
         }
         if let Some(timeout) = self.timeout_ms {

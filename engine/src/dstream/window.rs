@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use super::DStream;
 use super::batch_data::BatchData;
-use super::node::{AnyNode, BatchCx, Compute, Data, Key, NodeCell, NodeInfo, OperatorId, lock};
+use super::node::{
+    AnyNode, BatchCx, Compute, Data, Key, NodeCell, NodeInfo, OperatorId, detached_key, lock,
+};
 use super::state::{StateSnapshot, StatefulOp, decode_state, encode_state, repartition_entries};
 use crate::error::{Error, Result};
 use crate::hash::StableIndexMap;
@@ -259,7 +261,8 @@ impl<K: Key, V: Data> ReducedWindow<K, V> {
         match map.get_mut(k) {
             Some(slot) => *slot = (self.f)(slot.clone(), v.clone()),
             None => {
-                map.insert(k.clone(), v.clone());
+                // The window's state outlives the batch the key came in.
+                map.insert(detached_key(k), v.clone());
             }
         }
     }
