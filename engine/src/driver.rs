@@ -23,6 +23,7 @@ use crate::block::{BlockId, StoredBlock, StreamId};
 use crate::clock::Clock;
 use crate::context::{Listeners, MetadataLog, Shared};
 use crate::dstream::node::{BatchCx, StreamTable, catch, lock};
+use crate::dstream::pipe::QueueSlot;
 use crate::dstream::state::StateSnapshot;
 use crate::error::{Error, Result};
 use crate::graph::Graph;
@@ -35,13 +36,13 @@ use crate::time::BatchTime;
 /// What the driver task hears about.
 pub(crate) enum DriverEvent {
     /// A block was stored. `queue_slot` is a share of the block's receiver queue slot: the
-    /// slot frees only once the driver has assigned the block to its batch (here) and its
-    /// block stages have run, so that a receiver never runs more than
-    /// `receiver_queue_blocks_max` blocks ahead of the driver, and per-block results wait
-    /// for their fold only that long (see `BlockCache`).
+    /// slot frees only once the driver has assigned the block to its batch (here), its
+    /// block stages have run and their results are folded, so that a receiver never runs
+    /// more than `receiver_queue_blocks_max` blocks ahead of the driver or of the folds
+    /// (see `BlockCache`).
     BlockStored {
         block: StoredBlock,
-        queue_slot: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
+        queue_slot: Option<QueueSlot>,
     },
     ReceiverStopped {
         stream: StreamId,
@@ -97,7 +98,7 @@ impl Driver {
         // now on: block stages that fold must expect them there (they have no arrival task;
         // the batch reads them back, or counts them lost).
         for block in self.scheduler.unallocated() {
-            self.assign_to_open_batch(block.id);
+            self.assign_to_open_batch(block.id, None);
         }
         while !self.scheduler.is_stopped() {
             let deadline = self.scheduler.next_deadline();
@@ -143,12 +144,12 @@ impl Driver {
 
     /// Tells the block stages of the block's stream which batch it goes to (the next one
     /// generated), so that stages that fold can fold it into that batch as it arrives.
-    fn assign_to_open_batch(&self, id: BlockId) {
+    fn assign_to_open_batch(&self, id: BlockId, queue_slot: Option<&QueueSlot>) {
         let Some(batch) = self.scheduler.open_batch() else {
             return;
         };
         for task in self.graph.block_tasks.get(&id.stream).into_iter().flatten() {
-            task.assign(id, batch);
+            task.assign(id, batch, queue_slot);
         }
     }
 
@@ -158,7 +159,7 @@ impl Driver {
                 // The receiver recorded the block in the metadata log before reporting it.
                 // The block goes to the next batch generated: block stages that fold can
                 // start folding it into that batch now.
-                self.assign_to_open_batch(block.id);
+                self.assign_to_open_batch(block.id, queue_slot.as_ref());
                 // Assigned (and folded, if its stages have run): the receiver may go on.
                 drop(queue_slot);
                 self.scheduler.on_event(Event::BlockStored(block))

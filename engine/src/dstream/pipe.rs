@@ -277,13 +277,20 @@ impl<T> Clone for Branch<T> {
     }
 }
 
+/// A share of a block's receiver queue slot. The receiver reads no block past
+/// `receiver_queue_blocks_max` while the slots are taken; the slot frees when the last share
+/// is dropped.
+pub(crate) type QueueSlot = Arc<tokio::sync::OwnedSemaphorePermit>;
+
 /// Runs a block stage when a block arrives.
 pub(crate) trait BlockTask: Send + Sync + 'static {
     /// Runs on the worker pool once the block is stored; caches the result by block id.
-    fn on_block(&self, id: BlockId, bytes: &Bytes);
+    /// A task whose result waits to be folded keeps a share of `slot` until it is.
+    fn on_block(&self, id: BlockId, bytes: &Bytes, slot: &QueueSlot);
     /// The block will be allocated to the batch at `batch` (the driver knows: the next batch
-    /// generated takes every block reported before it). Called in block-id order.
-    fn assign(&self, _id: BlockId, _batch: BatchTime) {}
+    /// generated takes every block reported before it). Called in block-id order. `slot` is
+    /// the block's queue slot if it still has one (not for blocks recovered at a restart).
+    fn assign(&self, _id: BlockId, _batch: BatchTime, _slot: Option<&QueueSlot>) {}
     /// Drops the cached results of these blocks and of batches up to `up_to` (cleaned up).
     fn forget(&self, ids: &[BlockId], up_to: BatchTime);
 }
@@ -313,14 +320,23 @@ struct BatchFold<R> {
 
 /// Per-block results of one consumer's function over one input branch, by block id, and
 /// (for folding consumers) per-batch folds of them.
+///
+/// A folding cache bounds the per-block results waiting for their fold by the receiver's
+/// queue: it keeps a share of the queue slot of every block assigned to a batch until the
+/// block's result is folded. Results are folded in block order, so without this a block
+/// computed before an earlier one (the other worker was slower, or descheduled) released its
+/// slot with its result still unfolded, and the receiver read on: on a busy machine up to a
+/// dozen per-block maps were seen alive at once, where the queue allows two.
 pub(crate) struct BlockCache<T, R> {
     stage: Arc<dyn Stage<T>>,
     f: Arc<UnitFn<T, R>>,
     slots: Mutex<HashMap<BlockId, Slot<R>>>,
     folding: Option<Arc<Folding<R>>>,
-    /// Lock order: `folds`, then `assigned`, then `slots`.
+    /// Lock order: `folds`, then `assigned`, then `slots`, then `holds`.
     folds: Mutex<std::collections::BTreeMap<BatchTime, BatchFold<R>>>,
     assigned: Mutex<HashMap<BlockId, BatchTime>>,
+    /// Queue slots kept until the block's result is folded (folding caches only).
+    holds: Mutex<HashMap<BlockId, QueueSlot>>,
 }
 
 impl<T: 'static, R: Send + Sync + 'static> BlockCache<T, R> {
@@ -370,6 +386,8 @@ impl<T: 'static, R: Send + Sync + 'static> BlockCache<T, R> {
                     (folding.add)(&mut fold.acc, &result);
                     fold.folded += 1;
                     lock(&self.slots).remove(&id);
+                    drop(result);
+                    lock(&self.holds).remove(&id);
                 }
                 // A failed block stays in its slot: the batch reports its error.
                 Some(Err(_)) | None => break,
@@ -434,6 +452,7 @@ impl<T: 'static, R: Send + Sync + 'static> BlockCache<T, R> {
                     let mut folds = lock(&self.folds);
                     if let Some(fold) = folds.get_mut(&batch).filter(|f| f.folded == next) {
                         fold.folded += 1;
+                        lock(&self.holds).remove(&blocks[next].id);
                     }
                 }
             }
@@ -449,17 +468,39 @@ impl<T: 'static, R: Send + Sync + 'static> BlockCache<T, R> {
     }
 }
 
+impl<T: 'static, R: Send + Sync + 'static> BlockCache<T, R> {
+    /// Keeps a share of the block's queue slot if the block is assigned to a batch and its
+    /// result is not folded yet (see the type's docs). Takes the fold's lock, as `advance`
+    /// does, so a hold is never taken after the fold that would release it.
+    fn hold_until_folded(&self, id: BlockId, slot: &QueueSlot) {
+        if self.folding.is_none() {
+            return;
+        }
+        let folds = lock(&self.folds);
+        let Some(batch) = lock(&self.assigned).get(&id).copied() else {
+            return;
+        };
+        let waiting = folds
+            .get(&batch)
+            .is_some_and(|f| f.done.is_none() && f.ids[f.folded..].contains(&id));
+        if waiting {
+            lock(&self.holds).insert(id, Arc::clone(slot));
+        }
+    }
+}
+
 impl<T: 'static, R: Send + Sync + 'static> BlockTask for BlockCache<T, R> {
-    fn on_block(&self, id: BlockId, bytes: &Bytes) {
+    fn on_block(&self, id: BlockId, bytes: &Bytes, queue_slot: &QueueSlot) {
         let slot = self.slot(id);
         slot.get_or_init(|| self.compute(id, bytes));
         let batch = lock(&self.assigned).get(&id).copied();
         if let Some(batch) = batch {
             self.advance(batch);
+            self.hold_until_folded(id, queue_slot);
         }
     }
 
-    fn assign(&self, id: BlockId, batch: BatchTime) {
+    fn assign(&self, id: BlockId, batch: BatchTime, queue_slot: Option<&QueueSlot>) {
         let Some(folding) = &self.folding else { return };
         {
             let mut folds = lock(&self.folds);
@@ -473,6 +514,11 @@ impl<T: 'static, R: Send + Sync + 'static> BlockTask for BlockCache<T, R> {
             lock(&self.assigned).insert(id, batch);
         }
         self.advance(batch);
+        // If the block's stages already ran, its result may be waiting for an earlier
+        // block's; if they have not, the stage task holds the slot and decides when it ends.
+        if let Some(queue_slot) = queue_slot {
+            self.hold_until_folded(id, queue_slot);
+        }
     }
 
     fn forget(&self, ids: &[BlockId], up_to: BatchTime) {
@@ -483,9 +529,11 @@ impl<T: 'static, R: Send + Sync + 'static> BlockTask for BlockCache<T, R> {
         }
         let mut assigned = lock(&self.assigned);
         let mut slots = lock(&self.slots);
+        let mut holds = lock(&self.holds);
         for id in ids {
             assigned.remove(id);
             slots.remove(id);
+            holds.remove(id);
         }
     }
 }
@@ -537,6 +585,7 @@ impl<T: Data, R: Send + Sync + 'static> UnitRunner<T, R> {
                         folding: folding.clone(),
                         folds: Mutex::default(),
                         assigned: Mutex::default(),
+                        holds: Mutex::default(),
                     })
                 });
                 (b.clone(), cache)

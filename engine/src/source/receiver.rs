@@ -127,11 +127,12 @@ impl ReceiverShared {
             info.blocks += 1;
             info.bytes += len;
         }
-        // The queue slot is shared by the driver (until it assigned the block to its batch)
-        // and each stage task: it frees once the block is assigned and its stages have run.
-        // Per-block results are folded into their batch as soon as both hold, so waiting
-        // for the driver too bounds the results not yet folded by the queue's length
-        // (otherwise a driver that falls behind under load leaves them piling up, up to
+        // The queue slot is shared by the driver (until it assigned the block to its batch),
+        // each stage task, and a folding stage's cache until the block's result is folded:
+        // it frees once the block is assigned, its stages have run and its results are
+        // folded into its batch. So the per-block results not yet folded are bounded by the
+        // queue's length (otherwise a driver that falls behind under load, or a block
+        // finished before an earlier one, leaves them piling up, up to
         // `blocks_retained_max` of them).
         let queued = Arc::new(queued);
         // The driver is gone only when the context is stopping; the block is still stored.
@@ -149,7 +150,7 @@ impl ReceiverShared {
                     (Arc::clone(task), bytes.clone(), Arc::clone(&remaining));
                 let (handler, queued) = (Arc::clone(&self.handler), Arc::clone(&queued));
                 self.pool.spawn(move || {
-                    task.on_block(id, &bytes);
+                    task.on_block(id, &bytes, &queued);
                     drop(bytes);
                     if remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
                         handler.consumed(id);
