@@ -87,6 +87,19 @@ pub struct Config {
     /// complete, so a long outage does not queue thousands of batches at once; blocks
     /// received meanwhile go to the next batch generated. Default 8.
     pub batches_queued_max: usize,
+    /// Direct inputs that can (the Kafka source): planned blocks read ahead of their batch
+    /// at once, each by its own prefetch thread, which then runs the block's stages (the
+    /// map-side combine) on it, so that fetching overlaps counting and earlier batches.
+    /// Each prefetch holds one block's bytes until its stages have run, so this bounds the
+    /// memory of read-ahead (in blocks; a Kafka block is one partition's range of a batch,
+    /// bounded by the source's rate cap). 0: blocks are read only when their batch runs.
+    /// Default: one per worker, at least 2.
+    #[serde(default = "default_prefetch_blocks_max")]
+    pub direct_prefetch_blocks_max: usize,
+}
+
+fn default_prefetch_blocks_max() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
 }
 
 impl Config {
@@ -104,6 +117,7 @@ impl Config {
             receiver_queue_blocks_max: cores.max(2),
             blocks_retained_max: 256,
             batches_queued_max: 8,
+            direct_prefetch_blocks_max: default_prefetch_blocks_max(),
             receiver_max_rate_records_per_sec: None,
             backpressure_enabled: false,
             backpressure_initial_rate_records_per_sec: None,

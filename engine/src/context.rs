@@ -710,7 +710,14 @@ impl StreamingContext {
             state: "started",
             action: "start again",
         })?;
+        let prefetcher = match self.config.direct_prefetch_blocks_max {
+            n if n > 0 && direct.iter().any(|(_, d)| d.prefetches()) => {
+                Some(crate::driver::Prefetcher::start(n)?)
+            }
+            _ => None,
+        };
         let driver = Driver {
+            prefetcher,
             scheduler,
             clock: Arc::clone(&self.clock),
             events,

@@ -86,6 +86,8 @@ pub(crate) struct Driver {
     pub submitted: BTreeMap<BatchTime, u64>,
     pub first_error: Option<Error>,
     pub stop_deadline: Option<Instant>,
+    /// Reads direct inputs' planned blocks ahead of their batch (`None`: none prefetches).
+    pub prefetcher: Option<Prefetcher>,
 }
 
 impl Driver {
@@ -220,6 +222,13 @@ impl Driver {
                             self.scheduler
                                 .on_event(Event::StopRequested { graceful: false }),
                         );
+                    } else if let Some(prefetcher) = &self.prefetcher {
+                        // Durable: the blocks may be read now, ahead of the batch.
+                        for (stream, input) in &self.direct {
+                            if let Some(blocks) = alloc.blocks.get(stream) {
+                                prefetcher.planned(alloc.time, input, &self.graph, blocks);
+                            }
+                        }
                     }
                     let now = self.clock.now_ms();
                     let info = BatchInfo {
@@ -319,6 +328,123 @@ impl Driver {
         if let Err(e) = blocking(|| self.metadata_log.batches_cleaned(up_to)) {
             self.fail(e);
         }
+    }
+}
+
+/// Reads direct inputs' planned blocks ahead of their batch, on `direct_prefetch_blocks_max`
+/// threads of its own, and runs each block's stages on it as a receiver's block would have
+/// them run on arrival: so fetching a batch's ranges overlaps with counting them and with
+/// earlier batches, and at batch time only the fold is left. Jobs run in planning order
+/// (batch time, then block id). A prefetch changes no result: the block is the one
+/// recorded in the metadata log, its stage results are folded in block-id order as
+/// always, and a batch that needs a block whose prefetch has not finished reads it itself
+/// (the input shares one read between them; see `DirectInput::prefetches`). Not started
+/// for the pending batches of a restart, which read their blocks at batch time.
+pub(crate) struct Prefetcher {
+    jobs: Option<std_mpsc::Sender<PrefetchJob>>,
+    closed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+struct PrefetchJob {
+    input: Arc<dyn DirectInput>,
+    block: StoredBlock,
+    tasks: Vec<Arc<dyn crate::dstream::pipe::BlockTask>>,
+}
+
+impl Prefetcher {
+    /// `threads` prefetch threads (at least one).
+    pub fn start(threads: usize) -> Result<Prefetcher> {
+        let (tx, rx) = std_mpsc::channel::<PrefetchJob>();
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        for i in 0..threads.max(1) {
+            let (rx, closed) = (Arc::clone(&rx), Arc::clone(&closed));
+            std::thread::Builder::new()
+                .name(format!("ember-prefetch-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = lock(&rx).recv();
+                        let Ok(job) = job else { return };
+                        if closed.load(std::sync::atomic::Ordering::Relaxed) {
+                            return;
+                        }
+                        Self::run(job);
+                    }
+                })
+                .map_err(|source| Error::Runtime {
+                    what: "a prefetch thread",
+                    source,
+                })?;
+        }
+        Ok(Prefetcher {
+            jobs: Some(tx),
+            closed,
+        })
+    }
+
+    /// The blocks of `stream` in the batch at `time` were planned and recorded: assign
+    /// them to their batch's folds and queue their reads. Streams whose inputs do not
+    /// prefetch, or with a block stage that does not fold, are left to batch time.
+    fn planned(
+        &self,
+        time: BatchTime,
+        input: &Arc<dyn DirectInput>,
+        graph: &Graph,
+        blocks: &[StoredBlock],
+    ) {
+        let Some(stream) = blocks.first().map(|b| b.id.stream) else {
+            return;
+        };
+        let tasks = graph.block_tasks.get(&stream).cloned().unwrap_or_default();
+        if !input.prefetches() || tasks.is_empty() || !tasks.iter().all(|t| t.folds()) {
+            return;
+        }
+        for block in blocks {
+            for task in &tasks {
+                task.assign(block.id, time, None);
+            }
+        }
+        input.prefetch_planned(blocks);
+        for block in blocks {
+            let job = PrefetchJob {
+                input: Arc::clone(input),
+                block: block.clone(),
+                tasks: tasks.clone(),
+            };
+            if self.jobs.as_ref().is_none_or(|j| j.send(job).is_err()) {
+                // No prefetch thread: the batch reads the block itself.
+                input.prefetch_done(block.id);
+            }
+        }
+    }
+
+    fn run(job: PrefetchJob) {
+        let id = job.block.id;
+        match job.input.prefetch(&job.block) {
+            None => {}
+            Some(Ok(bytes)) => {
+                for task in &job.tasks {
+                    if let Err(message) = catch(|| task.on_prefetched_block(id, &bytes)) {
+                        // The batch computes the block again and reports the failure.
+                        tracing::warn!(block = %id, %message, "block stage failed on a prefetched block");
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                // The batch reads the block again and reports the error if it persists.
+                tracing::warn!(block = %id, error = %e, "prefetch failed; the batch reads the block itself");
+            }
+        }
+        job.input.prefetch_done(id);
+    }
+}
+
+impl Drop for Prefetcher {
+    fn drop(&mut self) {
+        // Queued reads are not worth doing any more; the threads end after their current one.
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.jobs = None;
     }
 }
 

@@ -291,6 +291,15 @@ pub(crate) trait BlockTask: Send + Sync + 'static {
     /// generated takes every block reported before it). Called in block-id order. `slot` is
     /// the block's queue slot if it still has one (not for blocks recovered at a restart).
     fn assign(&self, _id: BlockId, _batch: BatchTime, _slot: Option<&QueueSlot>) {}
+    /// Whether this task folds its results into their batch (after [`BlockTask::assign`]);
+    /// only such tasks take blocks read ahead ([`BlockTask::on_prefetched_block`]).
+    fn folds(&self) -> bool {
+        false
+    }
+    /// A direct input's block read ahead of its batch (after [`BlockTask::assign`]): runs
+    /// the stage on it and folds the result, unless the block's batch is already cleaned
+    /// up (then nothing is cached: a late prefetch must not leave a result behind).
+    fn on_prefetched_block(&self, _id: BlockId, _bytes: &Bytes) {}
     /// Drops the cached results of these blocks and of batches up to `up_to` (cleaned up).
     fn forget(&self, ids: &[BlockId], up_to: BatchTime);
 }
@@ -498,6 +507,25 @@ impl<T: 'static, R: Send + Sync + 'static> BlockTask for BlockCache<T, R> {
             self.advance(batch);
             self.hold_until_folded(id, queue_slot);
         }
+    }
+
+    fn folds(&self) -> bool {
+        self.folding.is_some()
+    }
+
+    fn on_prefetched_block(&self, id: BlockId, bytes: &Bytes) {
+        // The slot is taken under `assigned` (lock order: `assigned`, then `slots`): a
+        // `forget` of the block's batch either ran before (the block is not assigned any
+        // more: nothing is computed) or runs after and drops the slot with its result.
+        let (slot, batch) = {
+            let assigned = lock(&self.assigned);
+            let Some(&batch) = assigned.get(&id) else {
+                return;
+            };
+            (self.slot(id), batch)
+        };
+        slot.get_or_init(|| self.compute(id, bytes));
+        self.advance(batch);
     }
 
     fn assign(&self, id: BlockId, batch: BatchTime, queue_slot: Option<&QueueSlot>) {

@@ -26,9 +26,9 @@
 //!   offsets. A batch planned before a revocation may still run; a sink that must not count
 //!   it twice fences its write on the stored offsets (the PostgreSQL sink's fenced mode).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -124,6 +124,14 @@ pub struct KafkaOptions {
     pub stored_offsets: Option<StoredOffsets>,
     /// At most this many offsets per partition per second of batch interval (`None`: no cap).
     pub max_rate_per_partition: Option<u64>,
+    /// At most about this many bytes per partition per second of batch interval (`None`:
+    /// no cap). Offsets are what a batch records, so this is turned into offsets with the
+    /// bytes per offset this stream has read so far; before its first read (the first
+    /// batch after a start or restart) the source reads a few records at the planned
+    /// position to learn it. Whatever the records' size, a batch's block (one partition's
+    /// range, held in memory while it is counted) stays near this size, and a backlog is
+    /// read over several batches instead of swallowed by the first.
+    pub max_bytes_per_partition: Option<u64>,
     /// How often to try reaching the brokers at start before giving up.
     pub connect_attempts: u32,
     /// How long a batch may wait for an unreachable broker (planning or reading) before it
@@ -135,7 +143,8 @@ pub struct KafkaOptions {
 
 impl KafkaOptions {
     /// Reads `topic` at `bootstrap` from the earliest offsets, every partition, capped at
-    /// 250,000 offsets per partition per second of batch interval.
+    /// 250,000 offsets and about [`DEFAULT_MAX_BYTES_PER_PARTITION`] bytes per partition per
+    /// second of batch interval.
     pub fn new(bootstrap: impl Into<String>, topic: impl Into<String>) -> Self {
         KafkaOptions {
             bootstrap: bootstrap.into(),
@@ -146,12 +155,28 @@ impl KafkaOptions {
             subscribe: false,
             stored_offsets: None,
             max_rate_per_partition: Some(250_000),
+            max_bytes_per_partition: Some(DEFAULT_MAX_BYTES_PER_PARTITION),
             connect_attempts: 5,
             broker_timeout: Duration::from_secs(60),
             client_settings: BTreeMap::new(),
         }
     }
 }
+
+/// The default byte cap per partition per second of batch interval: 32 MiB. With 4
+/// partitions and 1 s batches that lets a backlog be read at 128 MiB/s (about 1.9 M lines/s
+/// of the benchmark's 70-byte lines, above what the word count processes on 2 cores), while
+/// a block, one partition's range of a batch, held in memory while it is read and counted,
+/// stays near 32 MiB whatever the records' size (the offsets cap alone let a 100-line record
+/// make a 1.5 GB block).
+pub const DEFAULT_MAX_BYTES_PER_PARTITION: u64 = 32 << 20;
+
+/// The source's readers' `fetch.wait.max.ms` (see `client_config`); public so that a bare
+/// consumer measuring the broker (`ember bench kafka-read`) reads the same way.
+pub const READER_FETCH_WAIT_MAX_MS: (&str, &str) = ("fetch.wait.max.ms", "10");
+
+/// How many records the source reads to learn the bytes per offset before its first read.
+const SIZE_SAMPLE_OFFSETS: i64 = 16;
 
 /// What a Kafka block's locator holds (postcard).
 #[derive(Debug, Serialize, Deserialize)]
@@ -194,6 +219,51 @@ pub(crate) struct KafkaShared {
     /// Since when planning could not reach the broker.
     unreachable_since: Mutex<Option<Instant>>,
     records_read: AtomicU64,
+    /// Planned blocks being read ahead of their batch (see [`Prefetch`]).
+    prefetched: Mutex<HashMap<BlockId, Arc<Prefetch>>>,
+    /// Blocks whose bytes a prefetch read from the broker.
+    blocks_prefetched: AtomicU64,
+    /// Bytes and offsets spanned by the reads so far: the bytes per offset that turn
+    /// `max_bytes_per_partition` into offsets.
+    sized_bytes: AtomicU64,
+    sized_offsets: AtomicU64,
+}
+
+/// A planned block read ahead of its batch by the driver's prefetch thread. Whoever reads
+/// it first, the prefetch or the batch (which may start before the prefetch got to it),
+/// does the broker read; the other waits for that read and shares its bytes, so a range is
+/// fetched once. The bytes are kept until the prefetch is done with the block (its stages
+/// ran) or the batch is cleaned up.
+#[derive(Default)]
+struct Prefetch {
+    state: Mutex<PrefetchState>,
+    read: Condvar,
+}
+
+#[derive(Default)]
+enum PrefetchState {
+    /// Nobody has started reading.
+    #[default]
+    Queued,
+    /// A read is under way: wait for it.
+    Reading,
+    /// Read: share these bytes.
+    Read(Bytes),
+    /// The read failed: the next reader tries again.
+    Failed,
+}
+
+/// Marks a read that did not finish (an error or a panic) as failed, so that waiters try
+/// themselves instead of waiting for ever.
+struct ReadingGuard<'a>(&'a Prefetch, bool);
+
+impl Drop for ReadingGuard<'_> {
+    fn drop(&mut self) {
+        if !self.1 {
+            *lock(&self.0.state) = PrefetchState::Failed;
+            self.0.read.notify_all();
+        }
+    }
 }
 
 /// How many batches' ranges [`KafkaOffsets::offset_ranges`] keeps.
@@ -208,6 +278,13 @@ fn client_config(options: &KafkaOptions, group: Option<&str>) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         // Bounded read-ahead per reader: what a range read may prefetch past its end.
         .set("queued.max.messages.kbytes", "16384")
+        // A reader only fetches a range known to exist, so a fetch never has to wait for
+        // data. librdkafka's default (500 ms) costs nothing on Kafka, which answers as soon
+        // as it has data, but tansu 0.6.0 sleeps the remaining wait (half of it above
+        // 250 ms) after every fetch even when it found data (tansu-storage
+        // src/service/fetch.rs, the `while elapsed <= max_wait` loop): 7x fewer lines per
+        // second read (BENCHMARKS.md, Kafka). Overridable with `client_settings`.
+        .set(READER_FETCH_WAIT_MAX_MS.0, READER_FETCH_WAIT_MAX_MS.1)
         .set("group.id", group.unwrap_or("ember-direct"));
     for (k, v) in &options.client_settings {
         c.set(k, v);
@@ -291,7 +368,21 @@ impl KafkaShared {
                     self.options.topic
                 )));
             }
-            let until = cap.map_or(high, |c| high.min(from.saturating_add(c)));
+            let mut until = cap.map_or(high, |c| high.min(from.saturating_add(c)));
+            if let Some(bytes) = self.options.max_bytes_per_partition
+                && until > from
+            {
+                let bytes = bytes.saturating_mul(self.interval_ms) / 1000;
+                let per_offset = match self.bytes_per_offset() {
+                    Some(b) => Some(b),
+                    None => self.sample_bytes_per_offset(p, from, until),
+                };
+                if let Some(per_offset) = per_offset {
+                    // At least one offset, so that a record larger than the cap still moves.
+                    let offsets = ((bytes as f64 / per_offset.max(1.0)) as i64).max(1);
+                    until = until.min(from.saturating_add(offsets));
+                }
+            }
             positions.insert(p, until);
             if until > from {
                 reading.insert(p);
@@ -309,6 +400,31 @@ impl KafkaShared {
         Ok(ranges)
     }
 
+    /// The mean bytes per offset of this stream's reads so far (`None` before any).
+    fn bytes_per_offset(&self) -> Option<f64> {
+        let offsets = self.sized_offsets.load(Ordering::Relaxed);
+        (offsets > 0).then(|| self.sized_bytes.load(Ordering::Relaxed) as f64 / offsets as f64)
+    }
+
+    /// Reads the first few records of `[from, until)` of partition `p` to learn the bytes per
+    /// offset (then kept by [`KafkaShared::read_range`]); `None` if the read failed (the
+    /// batch is then planned with the offsets cap alone).
+    fn sample_bytes_per_offset(&self, p: i32, from: i64, until: i64) -> Option<f64> {
+        let sample = OffsetRange {
+            topic: self.options.topic.clone(),
+            partition: p,
+            from,
+            until: until.min(from.saturating_add(SIZE_SAMPLE_OFFSETS)),
+        };
+        match self.read_range_counted(&sample, false) {
+            Ok(_) => self.bytes_per_offset(),
+            Err(e) => {
+                tracing::warn!(stream = %self.name, partition = p, error = %e, "cannot sample the record size: this batch is capped by offsets only");
+                None
+            }
+        }
+    }
+
     fn remember(&self, time: BatchTime, ranges: Vec<OffsetRange>) {
         let mut all = lock(&self.ranges);
         all.insert(time, ranges);
@@ -317,13 +433,54 @@ impl KafkaShared {
         }
     }
 
+    /// Reads a planned block's range, sharing one broker read with a prefetch of it (see
+    /// [`Prefetch`]); a block that is not being prefetched is simply read.
+    fn read_block(&self, id: BlockId, range: &OffsetRange) -> Result<Bytes> {
+        let entry = lock(&self.prefetched).get(&id).cloned();
+        match entry {
+            Some(entry) => self.read_shared(&entry, range).map(|(bytes, _)| bytes),
+            None => self.read_range(range),
+        }
+    }
+
+    /// The bytes of `entry`'s block: its read's, if done or under way, or read now; and
+    /// whether this call read them from the broker.
+    fn read_shared(&self, entry: &Prefetch, range: &OffsetRange) -> Result<(Bytes, bool)> {
+        {
+            let mut state = lock(&entry.state);
+            loop {
+                match &*state {
+                    PrefetchState::Read(bytes) => return Ok((bytes.clone(), false)),
+                    PrefetchState::Reading => {
+                        state = entry.read.wait(state).unwrap_or_else(|e| e.into_inner());
+                    }
+                    PrefetchState::Queued | PrefetchState::Failed => {
+                        *state = PrefetchState::Reading;
+                        break;
+                    }
+                }
+            }
+        }
+        let mut guard = ReadingGuard(entry, false);
+        let bytes = self.read_range(range)?;
+        *lock(&entry.state) = PrefetchState::Read(bytes.clone());
+        guard.1 = true;
+        entry.read.notify_all();
+        Ok((bytes, true))
+    }
+
     /// Reads `[from, until)` of one partition as newline-terminated values.
     fn read_range(&self, range: &OffsetRange) -> Result<Bytes> {
-        let mut out = Vec::with_capacity(
-            usize::try_from(range.span())
-                .unwrap_or(0)
-                .saturating_mul(64),
-        );
+        self.read_range_counted(range, true)
+    }
+
+    /// [`KafkaShared::read_range`]; `counted`: whether its records count in
+    /// [`KafkaOffsets::records_read`] (a size sample does not).
+    fn read_range_counted(&self, range: &OffsetRange, counted: bool) -> Result<Bytes> {
+        // Sized from what earlier reads saw (so the buffer is not copied as it grows), and
+        // never above 256 MiB up front.
+        let guess = self.bytes_per_offset().unwrap_or(64.0) * 1.05;
+        let mut out = Vec::with_capacity(((range.span() as f64 * guess) as usize).min(256 << 20));
         if range.until <= range.from {
             return Ok(Bytes::new());
         }
@@ -417,7 +574,14 @@ impl KafkaShared {
         let _ = consumer.unassign();
         lock(&self.readers).push(consumer);
         done?;
-        self.records_read.fetch_add(records, Ordering::Relaxed);
+        if counted {
+            self.records_read.fetch_add(records, Ordering::Relaxed);
+        }
+        // The whole range was read (gaps included: they cost no bytes).
+        self.sized_bytes
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        self.sized_offsets
+            .fetch_add(range.span().max(1), Ordering::Relaxed);
         Ok(Bytes::from(out))
     }
 }
@@ -440,6 +604,41 @@ impl DirectInput for KafkaInput {
         self.0.remember(time, ranges);
         Ok(blocks)
     }
+
+    fn prefetches(&self) -> bool {
+        true
+    }
+
+    fn prefetch_planned(&self, blocks: &[StoredBlock]) {
+        let mut prefetched = lock(&self.0.prefetched);
+        for b in blocks {
+            prefetched.entry(b.id).or_default();
+        }
+    }
+
+    fn prefetch(&self, block: &StoredBlock) -> Option<Result<Bytes>> {
+        let entry = lock(&self.0.prefetched).get(&block.id).cloned()?;
+        let read = decode_locator(&self.0.name, block)
+            .and_then(|loc| self.0.read_shared(&entry, &loc.range));
+        Some(read.map(|(bytes, fetched)| {
+            if fetched {
+                self.0.blocks_prefetched.fetch_add(1, Ordering::Relaxed);
+            }
+            bytes
+        }))
+    }
+
+    fn prefetch_done(&self, id: BlockId) {
+        lock(&self.0.prefetched).remove(&id);
+    }
+}
+
+fn decode_locator(stream: &str, stored: &StoredBlock) -> Result<KafkaLocator> {
+    postcard::from_bytes::<KafkaLocator>(&stored.locator).map_err(|e| Error::BlockStore {
+        stream: stream.to_owned(),
+        block: stored.id,
+        message: format!("corrupt Kafka offset-range locator: {e}"),
+    })
 }
 
 fn stored_block(stream: StreamId, time: BatchTime, range: &OffsetRange) -> Result<StoredBlock> {
@@ -482,29 +681,28 @@ impl ReceivedBlockHandler for KafkaReader {
 
     fn read(&self, stored: &StoredBlock) -> BoxFuture<Result<Option<Bytes>>> {
         let shared = &self.0;
-        let result = postcard::from_bytes::<KafkaLocator>(&stored.locator)
-            .map_err(|e| Error::BlockStore {
-                stream: shared.name.clone(),
-                block: stored.id,
-                message: format!("corrupt Kafka offset-range locator: {e}"),
-            })
-            .and_then(|loc| {
-                let time = BatchTime::from_millis(loc.batch_time_ms);
-                // A batch restored from a metadata log was not planned here: learn its ranges.
-                {
-                    let mut all = lock(&shared.ranges);
-                    let ranges = all.entry(time).or_default();
-                    if !ranges.contains(&loc.range) {
-                        ranges.push(loc.range.clone());
-                        ranges.sort();
-                    }
+        let result = decode_locator(&shared.name, stored).and_then(|loc| {
+            let time = BatchTime::from_millis(loc.batch_time_ms);
+            // A batch restored from a metadata log was not planned here: learn its ranges.
+            {
+                let mut all = lock(&shared.ranges);
+                let ranges = all.entry(time).or_default();
+                if !ranges.contains(&loc.range) {
+                    ranges.push(loc.range.clone());
+                    ranges.sort();
                 }
-                shared.read_range(&loc.range).map(Some)
-            });
+            }
+            shared.read_block(stored.id, &loc.range).map(Some)
+        });
         Box::pin(async move { result })
     }
 
-    fn cleanup(&self, _blocks: &[StoredBlock]) -> BoxFuture<Result<()>> {
+    fn cleanup(&self, blocks: &[StoredBlock]) -> BoxFuture<Result<()>> {
+        // Bytes a prefetch kept for a batch that is over.
+        let mut prefetched = lock(&self.0.prefetched);
+        for b in blocks {
+            prefetched.remove(&b.id);
+        }
         Box::pin(async { Ok(()) })
     }
 }
@@ -661,6 +859,13 @@ impl KafkaOffsets {
     /// Records read from the broker by this process (re-reads included).
     pub fn records_read(&self) -> u64 {
         self.0.records_read.load(Ordering::Relaxed)
+    }
+
+    /// Blocks (partition ranges of a batch) that were read from the broker ahead of their
+    /// batch by a prefetch (`Config::direct_prefetch_blocks_max`), rather than by the
+    /// batch itself.
+    pub fn blocks_prefetched(&self) -> u64 {
+        self.0.blocks_prefetched.load(Ordering::Relaxed)
     }
 }
 
@@ -843,6 +1048,10 @@ pub(crate) fn open(
         readers: Mutex::default(),
         unreachable_since: Mutex::default(),
         records_read: AtomicU64::new(0),
+        prefetched: Mutex::default(),
+        blocks_prefetched: AtomicU64::new(0),
+        sized_bytes: AtomicU64::new(0),
+        sized_offsets: AtomicU64::new(0),
     }))
 }
 

@@ -63,6 +63,33 @@ pub(crate) trait DirectInput: Send + Sync + 'static {
     /// planning, so the next plan continues from there instead of starting over.
     fn recovered(&self, _zero: BatchTime, _blocks: &[StoredBlock]) {}
 
+    /// Whether the driver may read this input's planned blocks ahead of their batch (see
+    /// `Config::direct_prefetch_blocks_max`). An input that says yes must make a read of a
+    /// block that is being prefetched wait for that read and share its bytes (instead of
+    /// reading the source twice), from [`DirectInput::prefetch_planned`] until
+    /// [`DirectInput::prefetch_done`] or the handler's `cleanup` for the block.
+    fn prefetches(&self) -> bool {
+        false
+    }
+
+    /// These planned blocks (already recorded in the metadata log) will be read ahead of
+    /// their batch, in this order: from now on a read of one of them waits for the
+    /// prefetch's read if it is under way, or shares its bytes if done, or (if the prefetch
+    /// has not started yet or failed) reads the block itself and lets the prefetch share
+    /// its bytes. Only called when [`DirectInput::prefetches`] is true.
+    fn prefetch_planned(&self, _blocks: &[StoredBlock]) {}
+
+    /// Reads a block registered by [`DirectInput::prefetch_planned`] (on a prefetch
+    /// thread); `None` if it is not registered any more (its batch completed and was
+    /// cleaned up: nothing to read ahead).
+    fn prefetch(&self, _block: &StoredBlock) -> Option<Result<bytes::Bytes>> {
+        None
+    }
+
+    /// The prefetch of this block is over (its stages ran, or its read failed): its bytes
+    /// are not kept for the batch any more.
+    fn prefetch_done(&self, _id: crate::block::BlockId) {}
+
     /// Invalid records seen so far (for metrics).
     fn invalid_records(&self) -> u64 {
         0

@@ -38,6 +38,12 @@ The same workload and metrics as ../shared/anchors/spark-streaming (run.sh); see
     /// Time from kill -9 of a WAL-mode pipeline to its first resumed batch, with a large
     /// data WAL to open (see BENCHMARKS.md).
     Recovery(crate::bench_recovery::RecoveryArgs),
+    /// The broker's ceiling: one plain consumer reads a whole Kafka topic once, nothing
+    /// else (prints KAFKAREAD {json}; see BENCHMARKS.md, Kafka section).
+    #[command(
+        after_help = "Example:\n  ember bench kafka-read --source kafka://127.0.0.1:9092/bench"
+    )]
+    KafkaRead(crate::bench_kafka::ReadArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -155,6 +161,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.bench {
         Bench::Wordcount(a) => wordcount(a),
         Bench::Recovery(a) => crate::bench_recovery::run(a),
+        Bench::KafkaRead(a) => crate::bench_kafka::run(a),
     }
 }
 

@@ -69,6 +69,10 @@ pub struct KafkaArgs {
     /// At most this many offsets per Kafka partition per second of batch interval.
     #[arg(long, default_value_t = 250_000)]
     pub max_rate_per_partition: u64,
+    /// At most about this many bytes per Kafka partition per second of batch interval
+    /// (estimated from the records read so far; 0: no byte cap).
+    #[arg(long, default_value_t = engine::source::kafka::DEFAULT_MAX_BYTES_PER_PARTITION)]
+    pub max_bytes_per_partition: u64,
     /// Where to start when the sink has no stored offsets: earliest, latest, committed.
     #[arg(long, default_value = "earliest")]
     pub starting_offsets: String,
@@ -83,6 +87,11 @@ pub struct KafkaArgs {
     /// defaults (e.g. `max.partition.fetch.bytes=8388608`, or security settings).
     #[arg(long = "kafka-config", value_name = "KEY=VALUE")]
     pub kafka_config: Vec<String>,
+    /// Partition ranges read from the broker ahead of their batch at once, each then
+    /// counted map-side as it arrives (0: each batch reads its ranges when it runs)
+    /// [default: workers, at least 2].
+    #[arg(long, value_name = "BLOCKS")]
+    pub prefetch_blocks_max: Option<usize>,
 }
 
 /// `--kafka-config KEY=VALUE` flags into the source's extra librdkafka settings.
@@ -378,6 +387,15 @@ fn word_counts(records: &engine::DStream<Str>) -> engine::DStream<(Str, u64)> {
         .reduce_by_key(|a, b| a + b)
 }
 
+/// The engine settings of a Kafka run: the word count's, and `--prefetch-blocks-max`.
+fn engine_config(run: &Run) -> Config {
+    let mut config = run.config.clone();
+    if let Some(n) = run.kafka.prefetch_blocks_max {
+        config.direct_prefetch_blocks_max = n;
+    }
+    config
+}
+
 /// `ember run wordcount --source kafka://...`.
 pub fn wordcount(run: Run) -> anyhow::Result<ExitCode> {
     if let Some(group) = source_group(&run.source)? {
@@ -392,6 +410,7 @@ pub fn wordcount(run: Run) -> anyhow::Result<ExitCode> {
     let interval_ms = run.config.batch_interval_ms;
     let mut options = KafkaOptions::new(bootstrap, topic.clone());
     options.max_rate_per_partition = Some(run.kafka.max_rate_per_partition);
+    options.max_bytes_per_partition = Some(run.kafka.max_bytes_per_partition).filter(|&b| b > 0);
     options.group_id = run.kafka.group_id.clone();
     options.client_settings = client_settings(&run.kafka.kafka_config)?;
     options.starting_offsets = match run.kafka.starting_offsets.as_str() {
@@ -442,7 +461,7 @@ pub fn wordcount(run: Run) -> anyhow::Result<ExitCode> {
         options.starting_offsets = StartingOffsets::Explicit(resume.clone());
     }
 
-    let ctx = StreamingContext::new(run.config.clone()).context("invalid settings")?;
+    let ctx = StreamingContext::new(engine_config(&run)).context("invalid settings")?;
     let (lines, offsets) = ctx.kafka_stream(options)?;
     let counts = word_counts(&lines);
     match &output {
@@ -603,6 +622,7 @@ fn wordcount_group(run: Run, group: String) -> anyhow::Result<ExitCode> {
 
     let mut options = KafkaOptions::new(bootstrap, topic.clone());
     options.max_rate_per_partition = Some(run.kafka.max_rate_per_partition);
+    options.max_bytes_per_partition = Some(run.kafka.max_bytes_per_partition).filter(|&b| b > 0);
     options.group_id = Some(group);
     options.subscribe = true;
     options.client_settings = client_settings(&run.kafka.kafka_config)?;
@@ -614,7 +634,7 @@ fn wordcount_group(run: Run, group: String) -> anyhow::Result<ExitCode> {
         other => bail!("--starting-offsets must be earliest, latest or committed, not {other:?}"),
     };
 
-    let ctx = StreamingContext::new(run.config.clone()).context("invalid settings")?;
+    let ctx = StreamingContext::new(engine_config(&run)).context("invalid settings")?;
     let (lines, offsets) = ctx.kafka_stream(options)?;
     word_counts(&lines).write_to(&pipeline, Arc::clone(&sink), Some(offsets.clone()));
     ctx.add_listener(Arc::new(UntilGroupOffsets {
@@ -647,6 +667,7 @@ fn wordcount_group(run: Run, group: String) -> anyhow::Result<ExitCode> {
         "METRICS {}",
         serde_json::json!({"records_read": read, "seconds": secs,
             "lines_per_s": read as f64 / secs.max(1e-9),
+            "blocks_prefetched": offsets.blocks_prefetched(),
             "stored_offsets": sink.stored_offsets(&pipeline, &topic, None)?})
     );
     write_out(table_rows(&connection, &table)?, &run.out)?;
@@ -726,7 +747,8 @@ fn run_until(
     println!(
         "METRICS {}",
         serde_json::json!({"records_read": read, "seconds": secs,
-            "lines_per_s": read as f64 / secs.max(1e-9), "positions": offsets.positions()})
+            "lines_per_s": read as f64 / secs.max(1e-9), "positions": offsets.positions(),
+            "blocks_prefetched": offsets.blocks_prefetched()})
     );
     Ok(())
 }

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 mod bench;
+mod bench_kafka;
 mod bench_recovery;
 mod checkpoint;
 mod demo;
