@@ -2,6 +2,7 @@
 //!
 //! The tests here use only the public APIs of the other crates and the `ember` binary.
 
+pub mod batch_recorder;
 pub mod faults;
 pub mod kafka_pipeline;
 pub mod moto;

@@ -17,8 +17,9 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use engine::source::kafka::{KafkaOffsets, KafkaOptions, OffsetRange};
-use engine::{BatchData, BatchInfo, Config, Str, StreamingContext, StreamingListener};
+use engine::source::kafka::KafkaOptions;
+use engine::{BatchData, Config, Str, StreamingContext};
+use tests::batch_recorder::{BatchRecorder, offsets_read, reads_something};
 use tests::processes::ember_bin;
 use tests::servers::Tansu;
 
@@ -56,42 +57,6 @@ fn expected_counts(path: &Path) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// Decides, from the ranges of the batches completed so far, when to stop.
-type Done = Box<dyn Fn(&[Vec<OffsetRange>]) -> bool + Send + Sync>;
-
-/// Records each completed batch's ranges; stops once `done` says so.
-struct Recorder {
-    offsets: KafkaOffsets,
-    batches: Mutex<Vec<Vec<OffsetRange>>>,
-    failures: Mutex<Vec<String>>,
-    stop: engine::StopHandle,
-    done: Done,
-}
-
-impl StreamingListener for Recorder {
-    fn on_batch_completed(&self, batch: &BatchInfo) {
-        if let Some(f) = &batch.failure {
-            self.failures.lock().unwrap().push(f.clone());
-        }
-        let ranges = self
-            .offsets
-            .offset_ranges(batch.batch_time)
-            .unwrap_or_default();
-        let mut all = self.batches.lock().unwrap();
-        all.push(ranges);
-        if (self.done)(&all) {
-            self.stop.request_stop(true);
-        }
-    }
-}
-
-fn read_offsets(batches: &[Vec<OffsetRange>]) -> i64 {
-    batches
-        .iter()
-        .flat_map(|rs| rs.iter().map(|r| r.until - r.from))
-        .sum()
-}
-
 #[test]
 fn prefetched_ranges_are_fetched_once_and_counted_exactly() {
     let Some(tansu) = Tansu::start() else {
@@ -121,28 +86,12 @@ fn prefetched_ranges_are_fetched_once_and_counted_exactly() {
     let latest: Arc<Mutex<BatchData<(Str, u64)>>> = Arc::new(Mutex::new(BatchData::empty()));
     let sink = Arc::clone(&latest);
     totals.foreach_batch(move |data, _| *sink.lock().unwrap() = data.clone());
-    let recorder = Arc::new(Recorder {
-        offsets: offsets.clone(),
-        batches: Mutex::default(),
-        failures: Mutex::default(),
-        stop: ctx.stop_handle(),
-        done: Box::new(|all| read_offsets(all) >= RECORDS),
-    });
-    ctx.add_listener(Arc::clone(&recorder) as Arc<dyn StreamingListener>);
+    let recorder =
+        BatchRecorder::attach(&ctx, &offsets, Box::new(|all| offsets_read(all) >= RECORDS));
     ctx.start().unwrap();
-    assert!(
-        ctx.await_termination_timeout(Some(Duration::from_secs(120)))
-            .unwrap(),
-        "the pipeline did not finish within 120 s"
-    );
-    let failures = recorder.failures.lock().unwrap().clone();
-    assert!(failures.is_empty(), "batches failed: {failures:?}");
+    recorder.await_stop(&ctx, Duration::from_secs(120));
 
-    let batches = recorder.batches.lock().unwrap().clone();
-    let non_empty = batches
-        .iter()
-        .filter(|rs| rs.iter().any(|r| r.until > r.from))
-        .count();
+    let non_empty = recorder.reading_batches().len();
     assert!(
         non_empty >= 4,
         "expected at least 4 batches, got {non_empty}"
@@ -191,34 +140,16 @@ fn the_byte_cap_spreads_large_records_over_batches_from_the_first_one() {
     options.max_bytes_per_partition = Some(CAP_BYTES);
     let (records, offsets) = ctx.kafka_stream(options).unwrap();
     records.count().foreach_batch(|_, _| {});
-    let recorder = Arc::new(Recorder {
-        offsets: offsets.clone(),
-        batches: Mutex::default(),
-        failures: Mutex::default(),
-        stop: ctx.stop_handle(),
-        done: Box::new(|all| {
-            all.iter()
-                .filter(|rs| rs.iter().any(|r| r.until > r.from))
-                .count()
-                >= 3
-        }),
-    });
-    ctx.add_listener(Arc::clone(&recorder) as Arc<dyn StreamingListener>);
-    ctx.start().unwrap();
-    assert!(
-        ctx.await_termination_timeout(Some(Duration::from_secs(120)))
-            .unwrap(),
-        "the pipeline did not finish within 120 s"
+    let recorder = BatchRecorder::attach(
+        &ctx,
+        &offsets,
+        Box::new(|all| all.iter().filter(|(_, rs)| reads_something(rs)).count() >= 3),
     );
-    let failures = recorder.failures.lock().unwrap().clone();
-    assert!(failures.is_empty(), "batches failed: {failures:?}");
-    let batches = recorder.batches.lock().unwrap().clone();
-    let planned: Vec<&Vec<OffsetRange>> = batches
-        .iter()
-        .filter(|rs| rs.iter().any(|r| r.until > r.from))
-        .collect();
-    assert!(planned.len() >= 3, "{batches:?}");
-    for (i, ranges) in planned.iter().enumerate() {
+    ctx.start().unwrap();
+    recorder.await_stop(&ctx, Duration::from_secs(120));
+    let planned = recorder.reading_batches();
+    assert!(planned.len() >= 3, "{:?}", recorder.batches());
+    for (i, (_, ranges)) in planned.iter().enumerate() {
         for r in ranges.iter() {
             let span = r.until - r.from;
             // About 50; the bounds leave room for the sampled estimate and line lengths,

@@ -11,18 +11,17 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use engine::scheduler::RestoredState;
 use engine::sink::kafka::KafkaSink;
-use engine::source::kafka::{KafkaOffsets, KafkaOptions, OffsetRange};
-use engine::{
-    BatchInfo, BatchTime, Config, ManualClock, Restore, Str, StreamingContext, StreamingListener,
-};
+use engine::source::kafka::{KafkaOptions, OffsetRange};
+use engine::{BatchTime, Config, ManualClock, Restore, Str, StreamingContext};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tests::batch_recorder::{BatchRecorder, StopWhen, offsets_read};
 use tests::kafka_pipeline::{FETCH_WAIT_MAX_MS, KafkaPipeline, Offsets, create_topic};
 
 /// Small: the point is identities and dedup, not volume. The output (one record per word
@@ -32,36 +31,6 @@ const LINES: u64 = 3_000;
 const OUT_PARTITIONS: i32 = 2;
 const BATCH_MS: u64 = 200;
 const PIPELINE: &str = "wc-to-kafka";
-
-/// Decides, from the batches completed so far, when to stop.
-type StopWhen = Box<dyn Fn(&[(BatchTime, Vec<OffsetRange>)]) -> bool + Send + Sync>;
-
-/// Records every completed batch's ranges; stops once `stop_when` says so.
-struct Recorder {
-    offsets: KafkaOffsets,
-    batches: Mutex<Vec<(BatchTime, Vec<OffsetRange>)>>,
-    failures: Mutex<Vec<String>>,
-    stop: engine::StopHandle,
-    stop_when: StopWhen,
-}
-
-impl StreamingListener for Recorder {
-    fn on_batch_completed(&self, batch: &BatchInfo) {
-        // (A panic here would be caught by the context: keep failures for the test.)
-        if let Some(f) = &batch.failure {
-            self.failures.lock().unwrap().push(f.clone());
-        }
-        let ranges = self
-            .offsets
-            .offset_ranges(batch.batch_time)
-            .unwrap_or_default();
-        let mut all = self.batches.lock().unwrap();
-        all.push((batch.batch_time, ranges));
-        if (self.stop_when)(&all) {
-            self.stop.request_stop(true);
-        }
-    }
-}
 
 /// The word count into the output topic. With `rerun`, only that batch is run (at its time,
 /// over its ranges) and the source starts at `end` so nothing else is read.
@@ -97,26 +66,13 @@ fn run_pipeline(
         .write_to(PIPELINE, sink, Some(offsets.clone()));
     let total: i64 = end.values().sum();
     let stop_when: StopWhen = match rerun {
-        None => Box::new(move |all| {
-            let read: i64 = all
-                .iter()
-                .flat_map(|(_, rs)| rs.iter().map(|r| r.until - r.from))
-                .sum();
-            read >= total
-        }),
+        None => Box::new(move |all| offsets_read(all) >= total),
         Some((time, _)) => {
             let time = *time;
             Box::new(move |all| all.iter().any(|(t, _)| *t == time))
         }
     };
-    let recorder = Arc::new(Recorder {
-        offsets: offsets.clone(),
-        batches: Mutex::default(),
-        failures: Mutex::default(),
-        stop: ctx.stop_handle(),
-        stop_when,
-    });
-    ctx.add_listener(Arc::clone(&recorder) as Arc<dyn StreamingListener>);
+    let recorder = BatchRecorder::attach(&ctx, &offsets, stop_when);
     match rerun {
         None => ctx.start().unwrap(),
         Some((time, ranges)) => {
@@ -136,19 +92,9 @@ fn run_pipeline(
             .unwrap();
         }
     }
-    assert!(
-        ctx.await_termination_timeout(Some(Duration::from_secs(120)))
-            .unwrap(),
-        "the pipeline did not finish within 120 s"
-    );
-    let failures = recorder.failures.lock().unwrap().clone();
-    assert!(failures.is_empty(), "batches failed: {failures:?}");
+    recorder.await_stop(&ctx, Duration::from_secs(120));
     // Every batch this context ran that read something, with its ranges.
-    let batches = recorder.batches.lock().unwrap().clone();
-    batches
-        .into_iter()
-        .filter(|(_, rs)| rs.iter().any(|r| r.until > r.from))
-        .collect()
+    recorder.reading_batches()
 }
 
 /// One output record: its identity headers, key and value.
