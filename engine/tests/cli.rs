@@ -10,22 +10,13 @@ fn ember() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ember"))
 }
 
-#[test]
-fn bench_wordcount_prints_the_baselines_keys_and_checks_the_counts() {
+/// Runs `ember bench wordcount ARGS --json`, checks that it succeeded, and returns its JSON
+/// line, raw and parsed.
+fn bench_wordcount_json(args: &[&str]) -> (String, serde_json::Value) {
     let out = ember()
-        .args([
-            "bench",
-            "wordcount",
-            "--lines",
-            "30000",
-            "--words",
-            "5",
-            "--vocab",
-            "500",
-            "--batch-ms",
-            "200",
-            "--json",
-        ])
+        .args(["bench", "wordcount"])
+        .args(args)
+        .arg("--json")
         .output()
         .unwrap();
     let stdout = String::from_utf8(out.stdout).unwrap();
@@ -35,7 +26,22 @@ fn bench_wordcount_prints_the_baselines_keys_and_checks_the_counts() {
         String::from_utf8_lossy(&out.stderr)
     );
     let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap();
-    let r: serde_json::Value = serde_json::from_str(line).unwrap();
+    let r = serde_json::from_str(line).unwrap();
+    (line.to_owned(), r)
+}
+
+#[test]
+fn bench_wordcount_prints_the_baselines_keys_and_checks_the_counts() {
+    let (line, r) = bench_wordcount_json(&[
+        "--lines",
+        "30000",
+        "--words",
+        "5",
+        "--vocab",
+        "500",
+        "--batch-ms",
+        "200",
+    ]);
     for key in [
         "lines_per_s",
         "lines_per_s_connect_to_end",
@@ -63,32 +69,18 @@ fn bench_wordcount_prints_the_baselines_keys_and_checks_the_counts() {
 /// pipeline started; the timeout is 5 minutes).
 #[test]
 fn bench_wordcount_ends_with_the_stream_not_at_the_next_grid_point() {
-    let out = ember()
-        .args([
-            "bench",
-            "wordcount",
-            "--lines",
-            "20000",
-            "--words",
-            "5",
-            "--vocab",
-            "500",
-            "--batch-ms",
-            "600000",
-            "--timeout-s",
-            "300",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap();
-    let r: serde_json::Value = serde_json::from_str(line).unwrap();
+    let (line, r) = bench_wordcount_json(&[
+        "--lines",
+        "20000",
+        "--words",
+        "5",
+        "--vocab",
+        "500",
+        "--batch-ms",
+        "600000",
+        "--timeout-s",
+        "300",
+    ]);
     assert_eq!(r["counts_match_expected"], true, "{line}");
     assert_eq!(r["lines"], 20000, "{line}");
     assert_eq!(r["stop_at_end_of_stream"], true, "{line}");
