@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use engine::{
-    BatchData, Config, Error, InvalidUtf8Policy, PostcardCodec, ReceiverContext, ReceiverInfo,
-    ReceiverState, Str, StreamingContext, StreamingListener,
+    BatchData, Config, DStream, Error, InvalidUtf8Policy, PostcardCodec, ReceiverContext,
+    ReceiverInfo, ReceiverState, Str, StreamingContext, StreamingListener,
 };
 
 fn config(batch_ms: u64) -> Config {
@@ -34,7 +34,11 @@ fn serve_once(payload: Vec<u8>) -> String {
 fn collect_words(ctx: &StreamingContext, addr: &str) -> Arc<Mutex<Vec<String>>> {
     let mut options = engine::SocketOptions::default();
     options.stop_at_end_of_stream = true;
-    let lines = ctx.socket_text_stream_with(addr, options).unwrap();
+    collect_lines(&ctx.socket_text_stream_with(addr, options).unwrap())
+}
+
+/// Every line `lines` yields, in batch order.
+fn collect_lines(lines: &DStream<Str>) -> Arc<Mutex<Vec<String>>> {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&seen);
     lines.foreach_batch(move |data: &BatchData<Str>, _| {
@@ -185,14 +189,7 @@ fn a_clean_end_of_stream_then_a_stop_is_not_an_error() {
     c.reconnect_backoff_initial_ms = 20;
     c.reconnect_backoff_max_ms = 40;
     let ctx = StreamingContext::new(c).unwrap();
-    let lines = ctx.socket_text_stream(&addr).unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&seen);
-    lines.foreach_batch(move |data: &BatchData<Str>, _| {
-        sink.lock()
-            .unwrap()
-            .extend(data.iter().map(|s| s.to_string()))
-    });
+    let seen = collect_lines(&ctx.socket_text_stream(&addr).unwrap());
     let states = Arc::new(States(Mutex::new(Vec::new())));
     ctx.add_listener(states.clone());
     ctx.start().unwrap();
@@ -273,14 +270,7 @@ fn the_directory_source_picks_new_visible_files_once() {
         .set_modified(an_hour_ago)
         .unwrap();
     let ctx = StreamingContext::new(config(100)).unwrap();
-    let lines = ctx.text_file_stream(dir.path()).unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&seen);
-    lines.foreach_batch(move |data, _| {
-        sink.lock()
-            .unwrap()
-            .extend(data.iter().map(|s| s.to_string()))
-    });
+    let seen = collect_lines(&ctx.text_file_stream(dir.path()).unwrap());
     ctx.start().unwrap();
     std::fs::write(dir.path().join(".hidden"), "hidden\n").unwrap();
     std::fs::write(dir.path().join(".a.tmp"), "a1\na2\n").unwrap();
