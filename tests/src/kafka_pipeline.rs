@@ -581,10 +581,7 @@ fn assigned_partitions(line: &str) -> Vec<i32> {
 pub fn execute_sql(url: &str, sql: &str) {
     let rt = current_thread_runtime();
     rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .expect("connecting to PostgreSQL");
-        tokio::spawn(conn);
+        let client = connect_postgres(url).await;
         client
             .batch_execute(sql)
             .await
@@ -596,15 +593,22 @@ pub fn execute_sql(url: &str, sql: &str) {
 pub fn query_sql(url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
     let rt = current_thread_runtime();
     rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .expect("connecting to PostgreSQL");
-        tokio::spawn(conn);
+        let client = connect_postgres(url).await;
         client
             .query(sql, &[])
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"))
     })
+}
+
+/// Connects to the PostgreSQL at `url`; the connection is driven by a task on the calling
+/// runtime.
+async fn connect_postgres(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connecting to PostgreSQL");
+    tokio::spawn(conn);
+    client
 }
 
 fn current_thread_runtime() -> tokio::runtime::Runtime {
@@ -627,10 +631,7 @@ pub fn read_counts(url: &str) -> Counts {
 pub fn read_group_offsets(url: &str, pipeline: &str) -> Offsets {
     let rt = current_thread_runtime();
     rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .expect("connecting to PostgreSQL");
-        tokio::spawn(conn);
+        let client = connect_postgres(url).await;
         match client
             .query(
                 "SELECT partition, until_offset FROM ember_offsets WHERE pipeline = $1",
