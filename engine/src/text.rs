@@ -72,16 +72,9 @@ fn with_byte(word: u64, i: usize, b: u8) -> u64 {
     u64::from_ne_bytes(bytes)
 }
 
-/// Whether a byte of `x` is zero, as a mask with the top bit of the first such byte (in
-/// little-endian order) set; bits of later bytes may be set too, only the lowest matters.
-#[inline]
-const fn zero_byte_mask(x: u64) -> u64 {
-    x.wrapping_sub(0x0101_0101_0101_0101) & !x & 0x8080_8080_8080_8080
-}
-
 /// The words of the inline string of the `len` bytes of `src` at `start` (`len <=
 /// INLINE_CAPACITY`; the bytes must be UTF-8, cut at character boundaries).
-#[inline]
+#[inline(always)]
 fn inline_words(src: &[u8], start: usize, len: usize) -> [u64; 3] {
     debug_assert!(len <= Str::INLINE_CAPACITY && start + len <= src.len());
     let mut words = [0u64; 3];
@@ -115,7 +108,7 @@ impl Str {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn inline(src: &[u8], start: usize, len: usize) -> Self {
         Str {
             words: inline_words(src, start, len),
@@ -161,7 +154,7 @@ impl Str {
         Str::range_of(whole, offset, sub.len())
     }
 
-    #[inline]
+    #[inline(always)]
     fn range_of(whole: &Arc<ByteString>, start: usize, len: usize) -> Self {
         if len <= Self::INLINE_CAPACITY {
             // Load from the whole buffer: bytes past the end of the string are then
@@ -229,11 +222,18 @@ impl Str {
     pub fn split(self, separator: char) -> Split {
         let mut encoded = [0u8; 4];
         let sep_len = separator.encode_utf8(&mut encoded).len();
+        let seps = if sep_len == 1 {
+            separator_mask(self.as_bytes(), encoded[0])
+        } else {
+            0
+        };
         Split {
             text: self,
             position: 0,
             separator: encoded,
             sep_len,
+            window: 0,
+            seps,
         }
     }
 
@@ -271,7 +271,7 @@ impl Str {
     }
 
     /// The piece `start..end` of `self`, cut at character boundaries.
-    #[inline]
+    #[inline(always)]
     fn piece(&self, start: usize, end: usize) -> Str {
         match &self.shared {
             None => Str::inline(bytemuck::bytes_of(&self.words), start, end - start),
@@ -307,9 +307,26 @@ impl PartialEq for Str {
         match (&self.shared, &other.shared) {
             // Inline exactly when short: equal strings have the same representation.
             (None, None) => self.words == other.words,
-            (Some(_), Some(_)) => self.as_bytes() == other.as_bytes(),
+            (Some(_), Some(_)) => self.eq_shared(other),
             _ => false,
         }
+    }
+}
+
+impl Str {
+    /// Equality of two shared (long) strings: out of line, so that the inline case, a hash
+    /// map's key comparison on most words, stays small enough to be inlined into the probe.
+    #[inline(never)]
+    fn eq_shared(&self, other: &Str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+
+    /// The hash of a shared (long) string; out of line for the reason of
+    /// [`Str::eq_shared`].
+    #[inline(never)]
+    fn hash_shared<H: Hasher>(&self, state: &mut H) {
+        state.write(self.as_bytes());
+        state.write_u8(0xff);
     }
 }
 
@@ -353,10 +370,7 @@ impl Hash for Str {
                 state.write_u64(self.words[1]);
                 state.write_u64(self.words[2]);
             }
-            Some(_) => {
-                state.write(self.as_bytes());
-                state.write_u8(0xff);
-            }
+            Some(_) => self.hash_shared(state),
         }
     }
 }
@@ -424,48 +438,102 @@ pub struct Split {
     position: usize,
     separator: [u8; 4],
     sep_len: usize,
+    /// A single-byte separator is found 64 bytes at a time: `seps` has bit `i` set for
+    /// each separator at `window + i` not returned yet (see [`separator_mask`]).
+    window: usize,
+    seps: u64,
 }
 
 impl Iterator for Split {
     type Item = Str;
 
-    #[inline]
+    // Always inlined into the caller's loop: returned through memory, a `Str` written
+    // with word stores and read back with wider loads stalls on store forwarding.
+    #[inline(always)]
     fn next(&mut self) -> Option<Str> {
         let bytes = self.text.as_bytes();
         let start = self.position;
-        let rest = bytes.get(start..)?;
-        // The separator is a whole UTF-8 character, so every match is at a character
-        // boundary. A single-byte separator is searched eight bytes at a time: words are
-        // short, and a call into memchr per word would cost more than the search.
-        let found = if self.sep_len == 1 {
-            find_byte(rest, self.separator[0])
-        } else {
-            let sep = &self.separator[..self.sep_len];
-            rest.windows(self.sep_len).position(|w| w == sep)
-        };
-        let end = match found {
+        if start > bytes.len() {
+            return None;
+        }
+        if self.sep_len == 1 {
+            // The separators of a 64-byte window are one bit mask, so the next one is a
+            // `trailing_zeros`, and the only hard-to-predict branch is once per window
+            // rather than once per piece (a byte search per piece mispredicted its exit on
+            // almost every short word).
+            loop {
+                if self.seps != 0 {
+                    let at = self.window + self.seps.trailing_zeros() as usize;
+                    self.seps &= self.seps - 1;
+                    self.position = at + 1;
+                    return Some(self.text.piece(start, at));
+                }
+                let next = self.window + 64;
+                if next >= bytes.len() {
+                    // After the last piece, `position` is past the end.
+                    self.position = bytes.len() + 1;
+                    return Some(self.text.piece(start, bytes.len()));
+                }
+                self.window = next;
+                self.seps = separator_mask(&bytes[next..], self.separator[0]);
+            }
+        }
+        // A multi-byte separator is a whole UTF-8 character, so every match is at a
+        // character boundary.
+        let rest = &bytes[start..];
+        let sep = &self.separator[..self.sep_len];
+        let end = match rest.windows(self.sep_len).position(|w| w == sep) {
             Some(at) => start + at,
             None => bytes.len(),
         };
-        // After the last piece, `position` is past the end and `get` above returns None.
         self.position = end + self.sep_len;
         Some(self.text.piece(start, end))
     }
 }
 
-/// The position of the first `b` in `haystack` (SWAR: eight bytes per step).
-#[inline]
-fn find_byte(haystack: &[u8], b: u8) -> Option<usize> {
-    let pattern = u64::from_ne_bytes([b; 8]);
-    let mut at = 0;
-    while at + 8 <= haystack.len() {
-        let hit = zero_byte_mask(read_u64(haystack, at) ^ pattern);
-        if hit != 0 {
-            return Some(at + (hit.trailing_zeros() / 8) as usize);
-        }
-        at += 8;
+/// Bit `i` set where byte `i` of the first 64 bytes of `bytes` is `b`.
+#[inline(always)]
+fn separator_mask(bytes: &[u8], b: u8) -> u64 {
+    let n = bytes.len().min(64);
+    let pattern = u64::from_le_bytes([b; 8]);
+    let full = n / 8;
+    let mut mask = 0u64;
+    for i in 0..full {
+        mask |= byte_matches(read_u64_le(bytes, 8 * i) ^ pattern) << (8 * i);
     }
-    haystack[at..].iter().position(|&x| x == b).map(|i| at + i)
+    let tail = n % 8;
+    if tail != 0 {
+        let matches = if n >= 8 {
+            // The last eight bytes, overlapping what was searched; keep the new ones.
+            byte_matches(read_u64_le(bytes, n - 8) ^ pattern) >> (8 - tail)
+        } else {
+            bytes[..n]
+                .iter()
+                .enumerate()
+                .fold(0, |m, (i, &x)| m | (u64::from(x == b) << i))
+        };
+        mask |= matches << (8 * full);
+    }
+    mask
+}
+
+/// Bit `i` (of the low eight) set where byte `i` (little-endian order) of `x` is zero.
+/// Exact: no carry crosses a byte.
+#[inline(always)]
+const fn byte_matches(x: u64) -> u64 {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    // The top bit of each byte: set where the byte is not zero.
+    let nonzero = ((x & LOW7).wrapping_add(LOW7) | x) & !LOW7;
+    let zero = (nonzero ^ !LOW7) >> 7; // 0x01 in each zero byte
+    // Gather bit 0 of each byte into the top byte, then shift it down.
+    zero.wrapping_mul(0x0102_0408_1020_4080) >> 56
+}
+
+#[inline(always)]
+fn read_u64_le(bytes: &[u8], at: usize) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(word)
 }
 
 /// The iterator of [`Str::split_whitespace`].
@@ -586,14 +654,49 @@ mod tests {
     }
 
     #[test]
-    fn find_byte_matches_position() {
-        let hay: Vec<u8> = (0..50u8).map(|i| b'a' + i % 7).collect();
-        for len in 0..hay.len() {
-            for b in [b'a', b'c', b'g', b'z', 0] {
-                assert_eq!(
-                    find_byte(&hay[..len], b),
-                    hay[..len].iter().position(|&x| x == b)
-                );
+    fn separator_mask_marks_exactly_the_separators() {
+        // Bytes next to a separator that differ from it in one bit (0x21 '!' next to 0x20
+        // ' ', 0x01 next to 0) are where a borrow-based zero-byte test goes wrong.
+        let hay: Vec<u8> = (0..150u32)
+            .map(|i| [b'a', b' ', b'!', 0, 1, b'c', 0xff, b' '][(i * i % 11 % 8) as usize])
+            .collect();
+        for from in 0..hay.len() {
+            for b in [b' ', b'!', 0, 1, b'a', 0xff, b'z'] {
+                let rest = &hay[from..];
+                let expected = rest
+                    .iter()
+                    .take(64)
+                    .enumerate()
+                    .fold(0u64, |m, (i, &x)| m | (u64::from(x == b) << i));
+                assert_eq!(separator_mask(rest, b), expected, "from {from}, byte {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn split_matches_str_split_at_every_length_and_window_edge() {
+        // Lines up to three 64-byte windows long, with runs of separators, a separator at
+        // either end, pieces short (inline) and long (shared), cut from a block and not.
+        let alphabet = "ab  c dé fghijklmnopqrstuvwxyz0123 ";
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for len in 0..200 {
+            for _ in 0..4 {
+                let line: String = (0..len)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        let c = alphabet.chars().nth((seed % 35) as usize).unwrap();
+                        if seed.is_multiple_of(5) { ' ' } else { c }
+                    })
+                    .collect();
+                let block = Arc::new(ByteString::from(format!("{line}\nnext line")));
+                let shared = Str::slice_of(&block, &block[..line.len()]);
+                let std: Vec<&str> = line.split(' ').collect();
+                for text in [shared, Str::from(line.as_str())] {
+                    let ours: Vec<Str> = text.split(' ').collect();
+                    assert_eq!(ours, std, "{line:?}");
+                }
             }
         }
     }

@@ -86,8 +86,26 @@ impl<'a, T> Chunker<'a, T> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn push(&mut self, record: T) {
+        // The buffer never grows (it is flushed when full), but a `push` that might grow
+        // keeps the record in a stack slot across the possible call and copies it from
+        // there with wider loads than the stores that built it: a store-forwarding stall
+        // per record (60% of the word count's flat_map loop). Under this check the
+        // compiler drops the growth path and stores the record straight into the buffer.
+        if self.buf.len() < self.buf.capacity() {
+            self.buf.push(record);
+            if self.buf.len() >= CHUNK {
+                self.flush();
+            }
+        } else {
+            self.push_growing(record);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn push_growing(&mut self, record: T) {
         self.buf.push(record);
         if self.buf.len() >= CHUNK {
             self.flush();
