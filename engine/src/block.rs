@@ -106,6 +106,32 @@ pub trait BlockCodec<T>: Send + Sync + 'static {
 
     /// Calls `emit` with every record of `bytes`, in order, and returns how many there were.
     fn decode(&self, bytes: &Bytes, emit: &mut dyn FnMut(T)) -> Result<u64, String>;
+
+    /// [`BlockCodec::decode`] in chunks: calls `out` with the records of `bytes`, in order,
+    /// in non-empty chunks of at most `chunk` records (`out` takes what it wants out of the
+    /// chunk; what it leaves is dropped), and returns how many there were. The engine's
+    /// narrow stages consume records a chunk at a time; a codec may override this to fill
+    /// the chunk directly rather than through a call per record.
+    fn decode_chunks(
+        &self,
+        bytes: &Bytes,
+        chunk: usize,
+        out: &mut dyn FnMut(&mut Vec<T>),
+    ) -> Result<u64, String> {
+        let chunk = chunk.max(1);
+        let mut buf = Vec::with_capacity(chunk);
+        let records = self.decode(bytes, &mut |record| {
+            buf.push(record);
+            if buf.len() >= chunk {
+                out(&mut buf);
+                buf.clear();
+            }
+        })?;
+        if !buf.is_empty() {
+            out(&mut buf);
+        }
+        Ok(records)
+    }
 }
 
 /// The `lines` block format: newline-delimited UTF-8 text, records are [`Str`].
@@ -143,29 +169,81 @@ impl BlockCodec<Str> for LinesCodec {
     }
 
     fn decode(&self, bytes: &Bytes, emit: &mut dyn FnMut(Str)) -> Result<u64, String> {
-        let text = std::sync::Arc::new(
-            ByteString::try_from(bytes.clone())
-                .map_err(|e| format!("not valid UTF-8 at byte {}", e.valid_up_to()))?,
-        );
+        for_each_line(bytes, emit)
+    }
+
+    fn decode_chunks(
+        &self,
+        bytes: &Bytes,
+        chunk: usize,
+        out: &mut dyn FnMut(&mut Vec<Str>),
+    ) -> Result<u64, String> {
+        let chunk = chunk.max(1);
+        let text = checked_text(bytes)?;
+        let whole = text.as_bytes();
+        let mut buf = Vec::with_capacity(chunk);
         let mut records = 0u64;
         let mut start = 0usize;
-        let whole: &str = &text;
-        for end in memchr::memchr_iter(b'\n', whole.as_bytes()) {
-            emit(Str::slice_of(&text, strip_cr(&whole[start..end])));
+        // The loop is written out (not `for_each_line` with a closure) so that each line
+        // is built in registers and stored straight into the chunk: a record handed over
+        // through memory is read back with wider loads than the stores that wrote it (a
+        // store-forwarding stall per line). `push` under the capacity check cannot grow,
+        // which keeps the record out of a stack slot (see `Chunker::push` in the stages).
+        for end in memchr::memchr_iter(b'\n', whole) {
+            let line = Str::line_of(&text, start, end);
+            if buf.len() < buf.capacity() {
+                buf.push(line);
+            } else {
+                grow_and_push(&mut buf, line);
+            }
             records += 1;
             start = end + 1;
+            if buf.len() >= chunk {
+                out(&mut buf);
+                buf.clear();
+            }
         }
         if start < whole.len() {
-            emit(Str::slice_of(&text, strip_cr(&whole[start..])));
+            buf.push(Str::line_of(&text, start, whole.len()));
             records += 1;
+        }
+        if !buf.is_empty() {
+            out(&mut buf);
         }
         Ok(records)
     }
 }
 
-#[inline]
-fn strip_cr(line: &str) -> &str {
-    line.strip_suffix('\r').unwrap_or(line)
+#[cold]
+#[inline(never)]
+fn grow_and_push(buf: &mut Vec<Str>, line: Str) {
+    buf.push(line);
+}
+
+/// A block's bytes as one shared UTF-8 buffer that its lines are ranges of.
+fn checked_text(bytes: &Bytes) -> Result<std::sync::Arc<ByteString>, String> {
+    ByteString::try_from(bytes.clone())
+        .map(std::sync::Arc::new)
+        .map_err(|e| format!("not valid UTF-8 at byte {}", e.valid_up_to()))
+}
+
+/// Calls `emit` with every line of a `lines` block (without its `\n` or `\r\n`), a range
+/// of the block itself (no copy); returns how many there were.
+fn for_each_line(bytes: &Bytes, mut emit: impl FnMut(Str)) -> Result<u64, String> {
+    let text = checked_text(bytes)?;
+    let whole = text.as_bytes();
+    let mut records = 0u64;
+    let mut start = 0usize;
+    for end in memchr::memchr_iter(b'\n', whole) {
+        emit(Str::line_of(&text, start, end));
+        records += 1;
+        start = end + 1;
+    }
+    if start < whole.len() {
+        emit(Str::line_of(&text, start, whole.len()));
+        records += 1;
+    }
+    Ok(records)
 }
 
 /// The `postcard` block format for any serde record type.
@@ -233,6 +311,46 @@ mod tests {
         assert_eq!(n as usize, out.len());
         assert_eq!(LinesCodec::count_records(bytes), n);
         Ok(out)
+    }
+
+    #[test]
+    fn chunked_decoding_gives_the_records_of_decode_in_order() {
+        let long = "a line longer than the twenty-three bytes stored inline";
+        let text = format!("a b\r\n\n{long}\r\nx\n\r\nlast {long}");
+        let bytes = Bytes::from(text.clone());
+        let mut expected = Vec::new();
+        let n = LinesCodec
+            .decode(&bytes, &mut |s| expected.push(String::from(s)))
+            .unwrap();
+        assert_eq!(expected.len(), 6);
+        for chunk in [0, 1, 2, 5, 6, 256] {
+            let mut chunks = Vec::new();
+            let got = LinesCodec
+                .decode_chunks(&bytes, chunk, &mut |c| {
+                    assert!(!c.is_empty() && c.len() <= chunk.max(1));
+                    chunks.push(c.drain(..).map(String::from).collect::<Vec<_>>());
+                })
+                .unwrap();
+            assert_eq!(got, n);
+            assert_eq!(chunks.concat(), expected, "chunk {chunk}");
+            // The provided method (any codec) gives the same.
+            let records: Vec<Str> = expected.iter().map(|s| Str::from(s.as_str())).collect();
+            let mut encoded = Vec::new();
+            PostcardCodec::<Str>::new()
+                .encode(&records, &mut encoded)
+                .unwrap();
+            let mut decoded = Vec::new();
+            PostcardCodec::<Str>::new()
+                .decode_chunks(&Bytes::from(encoded), chunk, &mut |c| {
+                    decoded.extend(c.drain(..).map(String::from))
+                })
+                .unwrap();
+            assert_eq!(decoded, expected);
+        }
+        let err = LinesCodec
+            .decode_chunks(&Bytes::from_static(b"ok\n\xff\n"), 4, &mut |_| {})
+            .unwrap_err();
+        assert!(err.contains("byte 3"), "{err}");
     }
 
     #[test]

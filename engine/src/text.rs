@@ -154,6 +154,18 @@ impl Str {
         Str::range_of(whole, offset, sub.len())
     }
 
+    /// The line `start..end` of `whole` without a trailing `\r` (a `lines` block's
+    /// record); `start` and `end` must be at character boundaries (the block's newlines).
+    #[inline(always)]
+    pub(crate) fn line_of(whole: &Arc<ByteString>, start: usize, end: usize) -> Self {
+        let end = if end > start && whole.as_bytes().get(end - 1) == Some(&b'\r') {
+            end - 1
+        } else {
+            end
+        };
+        Str::range_of(whole, start, end - start)
+    }
+
     #[inline(always)]
     fn range_of(whole: &Arc<ByteString>, start: usize, len: usize) -> Self {
         if len <= Self::INLINE_CAPACITY {

@@ -132,12 +132,7 @@ impl<T: Data> Stage<T> for DecodeStage<T> {
         out: &mut dyn FnMut(&mut Vec<T>),
     ) -> std::result::Result<(), String> {
         match unit {
-            Unit::Block(_, bytes) => {
-                let mut chunks = Chunker::new(out);
-                self.codec.decode(bytes, &mut |r| chunks.push(r))?;
-                chunks.flush();
-                Ok(())
-            }
+            Unit::Block(_, bytes) => self.codec.decode_chunks(bytes, CHUNK, out).map(|_| ()),
             Unit::Part(..) => Err("internal: a decode stage was given a partition".to_owned()),
         }
     }
