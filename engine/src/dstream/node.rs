@@ -192,6 +192,14 @@ pub(crate) trait Compute<T>: Send + Sync + 'static {
         None
     }
 
+    /// `Some(n)` if every batch's records are key-value pairs with each key at most once,
+    /// in partition `partition_of_key(key, n)` of `n` (the output of a key operator):
+    /// Spark's "known partitioner", which lets a consumer with the same partitioning skip
+    /// grouping the records again.
+    fn unique_keys_in_partitions(&self) -> Option<usize> {
+        None
+    }
+
     /// Batch `done` completed: drop side data kept for it.
     fn forget(&self, _done: BatchTime) {}
 }
@@ -237,6 +245,11 @@ impl<T: Data> NodeCell<T> {
 
     pub fn info(&self) -> &NodeInfo {
         &self.info
+    }
+
+    /// See [`Compute::unique_keys_in_partitions`].
+    pub fn unique_keys_in_partitions(&self) -> Option<usize> {
+        self.compute.unique_keys_in_partitions()
     }
 
     /// The node's data at `time`, or `None` if `time` is not on its slide grid.

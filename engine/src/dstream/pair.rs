@@ -139,24 +139,41 @@ impl<K: Key, V: Data> DStream<(K, V)> {
                 .map(|_| HashMap::with_hasher(StableState))
                 .collect()
         };
+        // A block's map is one map (routing its keys here costs the same hash as splitting
+        // it would); a branch's fold is already partitioned.
+        let target = move |route: bool, i: usize, k: &K| match (route, partitions) {
+            (false, _) => i,
+            (true, 1) => 0,
+            (true, n) => partition_of_key(k, n),
+        };
+        let merge_slots = Arc::new(merge_slots);
+        let merge_shared = Arc::clone(&merge_slots);
         let folding = Folding {
             empty: Box::new(empty),
             add: Box::new(move |acc: &mut Partials<K, S>, unit: &Partials<K, S>| {
-                // A block's map is one map (routing its keys here costs the same hash as
-                // splitting it would); a branch's fold is already partitioned.
                 let route = unit.len() != acc.len();
                 for (i, from) in unit.iter().enumerate() {
                     for (k, s) in from {
-                        let p = match (route, partitions) {
-                            (false, _) => i,
-                            (true, 1) => 0,
-                            (true, n) => partition_of_key(k, n),
-                        };
-                        let into = &mut acc[p];
+                        let into = &mut acc[target(route, i, k)];
                         match into.get_mut(k) {
-                            Some(slot) => merge_slots(slot, s),
+                            Some(slot) => merge_shared(slot, s),
                             None => {
                                 into.insert(k.clone(), s.clone());
+                            }
+                        }
+                    }
+                }
+            }),
+            // The same inserts in the same order as `add`, so the same maps.
+            add_owned: Box::new(move |acc: &mut Partials<K, S>, unit: Partials<K, S>| {
+                let route = unit.len() != acc.len();
+                for (i, from) in unit.into_iter().enumerate() {
+                    for (k, s) in from {
+                        let into = &mut acc[target(route, i, &k)];
+                        match into.get_mut(&k) {
+                            Some(slot) => merge_slots(slot, &s),
+                            None => {
+                                into.insert(k, s);
                             }
                         }
                     }
@@ -343,26 +360,45 @@ struct Combine<K, V, S, C> {
 
 impl<K: Key, V: Data, S: Data, C: Data> Compute<(K, C)> for Combine<K, V, S, C> {
     fn compute(&self, cx: &BatchCx, time: BatchTime) -> Result<BatchData<(K, C)>> {
-        let branches = self.runner.branch_results(cx, time)?;
-        let merged: Arc<Partials<K, S>> = match branches.as_slice() {
-            [one] => Arc::clone(one),
-            many => Arc::new(self.runner.fold(many)),
+        let mut branches = self.runner.branch_results(cx, time)?;
+        let merged: Arc<Partials<K, S>> = match branches.len() {
+            1 => branches.remove(0),
+            _ => Arc::new(self.runner.fold(branches)),
         };
-        let output = |p: usize| -> Vec<(K, C)> {
-            match merged.get(p) {
-                Some(map) => map
-                    .iter()
-                    .filter_map(|(k, s)| (self.finish)(s.clone()).map(|c| (k.clone(), c)))
-                    .collect(),
-                None => Vec::new(),
+        // Each partition's map becomes its records, in the map's order (a map's `iter` and
+        // `into_iter` visit its entries alike). A fold this batch owns is consumed, each map
+        // freed as its records are made, so the batch never holds both in full.
+        let finish = |map_len: usize, entries: &mut dyn Iterator<Item = (K, S)>| {
+            let mut records = Vec::with_capacity(map_len);
+            records.extend(entries.filter_map(|(k, s)| (self.finish)(s).map(|c| (k, c))));
+            records
+        };
+        let mut parts: Vec<Vec<(K, C)>> = match Arc::try_unwrap(merged) {
+            Ok(owned) => {
+                let output = |map: HashMap<K, S>| finish(map.len(), &mut map.into_iter());
+                if owned.len() <= 1 {
+                    owned.into_iter().map(output).collect()
+                } else {
+                    cx.pool
+                        .install(|| owned.into_par_iter().map(output).collect())
+                }
+            }
+            Err(shared) => {
+                let output = |map: &HashMap<K, S>| {
+                    finish(
+                        map.len(),
+                        &mut map.iter().map(|(k, s)| (k.clone(), s.clone())),
+                    )
+                };
+                if shared.len() <= 1 {
+                    shared.iter().map(output).collect()
+                } else {
+                    cx.pool.install(|| shared.par_iter().map(output).collect())
+                }
             }
         };
-        let parts: Vec<Vec<(K, C)>> = if self.partitions == 1 {
-            (0..self.partitions).map(output).collect()
-        } else {
-            cx.pool
-                .install(|| (0..self.partitions).into_par_iter().map(output).collect())
-        };
+        // A fold starts from `partitions` maps, so this only guards the output's shape.
+        parts.resize_with(self.partitions, Vec::new);
         Ok(BatchData::from_partitions(parts))
     }
 
@@ -372,6 +408,12 @@ impl<K: Key, V: Data, S: Data, C: Data> Compute<(K, C)> for Combine<K, V, S, C> 
 
     fn block_tasks(&self) -> Vec<(StreamId, Arc<dyn BlockTask>)> {
         self.runner.block_tasks()
+    }
+
+    /// Partition `p` is the fold's map `p`: one entry per key, each routed by
+    /// `partition_of_key` (see `target` in [`DStream::combine`]).
+    fn unique_keys_in_partitions(&self) -> Option<usize> {
+        Some(self.partitions)
     }
 }
 

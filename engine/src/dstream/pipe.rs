@@ -326,7 +326,22 @@ type Slot<R> = Arc<OnceLock<std::result::Result<Arc<R>, String>>>;
 /// time from blocks read back: so both give the same result, to the iteration order.
 pub(crate) struct Folding<R> {
     pub empty: Box<dyn Fn() -> R + Send + Sync>,
+    /// Folds a result that is shared (a block's cached result): copies what it keeps.
     pub add: Box<dyn Fn(&mut R, &R) + Send + Sync>,
+    /// The same fold for a result nobody else holds: moves its entries, so the batch never
+    /// holds a unit's data twice. Must leave `acc` exactly as `add` would (the same
+    /// entries, inserted in the same order).
+    pub add_owned: Box<dyn Fn(&mut R, R) + Send + Sync>,
+}
+
+impl<R> Folding<R> {
+    /// Folds `unit` into `acc`, by moving its entries if this was its last holder.
+    fn add_shared(&self, acc: &mut R, unit: Arc<R>) {
+        match Arc::try_unwrap(unit) {
+            Ok(owned) => (self.add_owned)(acc, owned),
+            Err(shared) => (self.add)(acc, &shared),
+        }
+    }
 }
 
 /// The fold of one batch's blocks, as far as their results are in.
@@ -336,8 +351,10 @@ struct BatchFold<R> {
     /// How many of them are folded into `acc` (a prefix: the fold goes in order).
     folded: usize,
     acc: R,
-    /// The finished fold (after the batch asked for it).
-    done: Option<Arc<R>>,
+    /// Whether the batch has taken the finished fold. It is handed over, not kept: the
+    /// batch's consumer turns it into its output without a copy. A second request (not
+    /// made today: a node's output is cached) would compute it again from the blocks.
+    taken: bool,
 }
 
 /// Per-block results of one consumer's function over one input branch, by block id, and
@@ -400,7 +417,7 @@ impl<T: 'static, R: Send + Sync + 'static> BlockCache<T, R> {
         let Some(fold) = folds.get_mut(&batch) else {
             return;
         };
-        while fold.done.is_none() && fold.folded < fold.ids.len() {
+        while !fold.taken && fold.folded < fold.ids.len() {
             let id = fold.ids[fold.folded];
             let ready = lock(&self.slots).get(&id).and_then(|s| s.get().cloned());
             match ready {
@@ -435,8 +452,8 @@ impl<T: 'static, R: Send + Sync + 'static> BlockCache<T, R> {
             let Some(fold) = folds.get(&batch) else {
                 return Ok(None);
             };
-            if let Some(done) = &fold.done {
-                return Ok(Some(Ok(Arc::clone(done))));
+            if fold.taken {
+                return Ok(None);
             }
             if !fold.ids.iter().eq(blocks.iter().map(|b| &b.id)) {
                 return Err(Error::Job {
@@ -484,9 +501,8 @@ impl<T: 'static, R: Send + Sync + 'static> BlockCache<T, R> {
             return Ok(None);
         };
         let acc = std::mem::replace(&mut fold.acc, (folding.empty)());
-        let done = Arc::new(acc);
-        fold.done = Some(Arc::clone(&done));
-        Ok(Some(Ok(done)))
+        fold.taken = true;
+        Ok(Some(Ok(Arc::new(acc))))
     }
 }
 
@@ -504,7 +520,7 @@ impl<T: 'static, R: Send + Sync + 'static> BlockCache<T, R> {
         };
         let waiting = folds
             .get(&batch)
-            .is_some_and(|f| f.done.is_none() && f.ids[f.folded..].contains(&id));
+            .is_some_and(|f| !f.taken && f.ids[f.folded..].contains(&id));
         if waiting {
             lock(&self.holds).insert(id, Arc::clone(slot));
         }
@@ -549,7 +565,7 @@ impl<T: 'static, R: Send + Sync + 'static> BlockTask for BlockCache<T, R> {
                 ids: Vec::new(),
                 folded: 0,
                 acc: (folding.empty)(),
-                done: None,
+                taken: false,
             });
             fold.ids.push(id);
             lock(&self.assigned).insert(id, batch);
@@ -681,8 +697,9 @@ impl<T: Data, R: Send + Sync + 'static> UnitRunner<T, R> {
             }
             let units = self.units_of(cx, time, &self.branches[index..=index])?;
             let mut acc = (folding.empty)();
-            for unit in &units {
-                (folding.add)(&mut acc, unit);
+            // Each unit is dropped once folded (by moving, when no cache shares it).
+            for unit in units {
+                folding.add_shared(&mut acc, unit);
             }
             out.push(Arc::new(acc));
         }
@@ -690,13 +707,13 @@ impl<T: Data, R: Send + Sync + 'static> UnitRunner<T, R> {
     }
 
     /// The fold of `results` from empty, in order (a folding runner only).
-    pub fn fold(&self, results: &[Arc<R>]) -> R {
+    pub fn fold(&self, results: Vec<Arc<R>>) -> R {
         let Some(folding) = &self.folding else {
             unreachable!("fold called on a runner without folding");
         };
         let mut acc = (folding.empty)();
         for r in results {
-            (folding.add)(&mut acc, r);
+            folding.add_shared(&mut acc, r);
         }
         acc
     }
