@@ -373,6 +373,72 @@ fn update_state_by_key_keeps_a_running_total_and_removes_keys() {
 }
 
 #[test]
+fn update_state_by_key_keeps_the_state_order_and_appends_new_keys_in_batch_order() {
+    // One state partition, so the output's order is the state's order. A key removes
+    // itself at 3; "m" and "n" are new in batch 2.
+    let out = run(
+        config(),
+        words(&["a b c d e f g h", "c c m n b", ""]),
+        3,
+        |_, w| {
+            Ok(w.map(|x| (x, 1u64)).update_state_by_key_with(
+                |new: Vec<u64>, total: Option<u64>| {
+                    let total = total.unwrap_or(0) + new.iter().sum::<u64>();
+                    (total < 3).then_some(total)
+                },
+                1,
+                Vec::new(),
+            ))
+        },
+    );
+    let keys = |k: usize| -> Vec<String> { out[k].1[0].iter().map(|(w, _)| w.clone()).collect() };
+    let first = keys(0);
+    assert_eq!(first.len(), 8);
+    let second = keys(1);
+    // The existing keys keep their order, without the removed "c"; the new keys follow.
+    let kept: Vec<String> = first.iter().filter(|w| *w != "c").cloned().collect();
+    assert_eq!(second[..kept.len()], kept[..]);
+    let mut new_keys = second[kept.len()..].to_vec();
+    new_keys.sort();
+    assert_eq!(new_keys, [s("m"), s("n")]);
+    assert_eq!(
+        out[1].1[0].iter().find(|(w, _)| w == "b"),
+        Some(&(s("b"), 2))
+    );
+    // A batch without data keeps every key and its order.
+    assert_eq!(out[2].1, out[1].1);
+}
+
+#[test]
+fn update_state_by_key_after_a_key_operator_gives_the_same_totals_either_way() {
+    // With the reduce's partition count the state reads the reduce's output as it is; with
+    // another it groups it first. Both must count alike, and remove alike.
+    for state_partitions in [3, 2, 1] {
+        check(
+            words(&["a b a c", "b", "", "c c a"]),
+            move |_, w| {
+                Ok(w.map(|x| (x, 1u64))
+                    .reduce_by_key_with_partitions(|a, b| a + b, 3)
+                    .update_state_by_key_with(
+                        |new: Vec<u64>, total: Option<u64>| {
+                            let total = total.unwrap_or(0) + new.iter().sum::<u64>();
+                            (total < 3).then_some(total)
+                        },
+                        state_partitions,
+                        vec![(s("z"), 1)],
+                    ))
+            },
+            &[
+                (1, vec![(s("a"), 2), (s("b"), 1), (s("c"), 1), (s("z"), 1)]),
+                (2, vec![(s("a"), 2), (s("b"), 2), (s("c"), 1), (s("z"), 1)]),
+                (3, vec![(s("a"), 2), (s("b"), 2), (s("c"), 1), (s("z"), 1)]),
+                (4, vec![(s("b"), 2), (s("z"), 1)]),
+            ],
+        );
+    }
+}
+
+#[test]
 fn update_state_by_key_with_initial_state() {
     check(
         words(&["a", ""]),

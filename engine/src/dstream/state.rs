@@ -23,7 +23,7 @@
 //! re-partitioned by key, keeping their relative order.
 
 use std::any::type_name;
-use std::collections::{BTreeMap, HashMap as StdHashMap};
+use std::collections::BTreeMap;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -216,11 +216,26 @@ where
         S: Data + Serialize + DeserializeOwned,
     {
         let partitions = self.checked_partitions("update_state_by_key", partitions);
-        let grouped = self.group_by_key_with_partitions(partitions);
+        let (new_values, grouped_lineage) = match self.pipe().node.as_ref() {
+            Some(node) if node.unique_keys_in_partitions() == Some(partitions) => {
+                // Grouping would only wrap each value in a vector. The group's identity
+                // is still derived, so the operator keeps its id (and its snapshots).
+                let lineage = self.graph().operator_id(
+                    "group_by_key",
+                    &partitions.to_string(),
+                    &[self.lineage()],
+                );
+                (NewValues::Unique(Arc::clone(node)), lineage)
+            }
+            _ => {
+                let grouped = self.group_by_key_with_partitions(partitions);
+                (NewValues::Grouped(grouped.node()), grouped.lineage())
+            }
+        };
         let id = self.graph().operator_id(
             "update_state_by_key",
             &partitions.to_string(),
-            &[grouped.lineage()],
+            &[grouped_lineage],
         );
         let info = NodeInfo {
             id,
@@ -229,18 +244,16 @@ where
         };
         let initial = repartition_entries(vec![initial_state], partitions)
             .into_iter()
-            .map(|entries| entries.into_iter().collect())
+            .map(|entries| entries.into_iter().map(|(k, s)| (k, Some(s))).collect())
             .collect();
         let core = Arc::new(UpdateState {
             id,
             label: info.label(),
             slide_ms: info.slide_ms,
-            parent: grouped.node(),
+            partitions,
+            new_values,
             f: Box::new(f),
-            state: Mutex::new(KeyedState {
-                time: None,
-                parts: initial,
-            }),
+            state: Mutex::new(KeyedState::new(None, initial)),
         });
         DStream::from_node(
             Arc::clone(self.graph()),
@@ -317,10 +330,7 @@ where
             parent,
             func: spec.func,
             timeout_ms: spec.timeout_ms,
-            state: Mutex::new(KeyedState {
-                time: None,
-                parts: initial,
-            }),
+            state: Mutex::new(KeyedState::new(None, initial)),
             snapshots: Mutex::default(),
             keep_snapshots: std::sync::atomic::AtomicBool::new(false),
         });
@@ -350,48 +360,128 @@ where
     }
 }
 
-struct KeyedState<K, S> {
+/// One stateful operator's state: per partition, an insertion-ordered map.
+struct KeyedState<K, E> {
     time: Option<BatchTime>,
-    parts: Vec<StableIndexMap<K, S>>,
+    parts: Vec<StableIndexMap<K, E>>,
+    /// Why a batch failed while updating the state in place (the user's function panicked
+    /// part way through a partition). The maps are then neither the state before the batch
+    /// nor after it, so every later batch and snapshot is refused: the job restarts from
+    /// its last checkpoint, whose state is whole.
+    failed: Option<String>,
+}
+
+impl<K, E> KeyedState<K, E> {
+    fn new(time: Option<BatchTime>, parts: Vec<StableIndexMap<K, E>>) -> Self {
+        KeyedState {
+            time,
+            parts,
+            failed: None,
+        }
+    }
+
+    /// Refuses a state a failed batch left half updated (see `failed`).
+    fn check_whole(&self, op: &dyn StatefulOp) -> Result<()> {
+        match &self.failed {
+            None => Ok(()),
+            Some(message) => Err(Error::State {
+                operator: format!("{}#{}", op.kind(), op.id()),
+                message: format!(
+                    "a batch after {:?} failed while updating the state ({message}); the state \
+                     is incomplete and is not used again: restart from the last checkpoint",
+                    self.time
+                ),
+            }),
+        }
+    }
+}
+
+/// Where `update_state_by_key` takes a batch's new values from.
+enum NewValues<K, V> {
+    /// The stream grouped by key into the state's partitions (a `group_by_key`).
+    Grouped(Arc<NodeCell<(K, Vec<V>)>>),
+    /// The stream itself: it is the output of a key operator with the state's partition
+    /// count, so each key is there at most once and in the state's partition for it (see
+    /// `Compute::unique_keys_in_partitions`). Spark skips a cogroup's shuffle for a known
+    /// partitioner alike. Grouping it cost, at the batch-time peak of the word count's
+    /// memory, a per-partition map, its fold and its output, each a vector per key.
+    Unique(Arc<NodeCell<(K, V)>>),
+}
+
+/// One batch's new values of one stream, as [`NewValues`] got them.
+enum NewBatch<K, V> {
+    Grouped(BatchData<(K, Vec<V>)>),
+    Unique(BatchData<(K, V)>),
+}
+
+impl<K: Data, V: Data> NewBatch<K, V> {
+    /// Partition `p`'s keys, each with its values (a copy: `f` takes them by value).
+    fn partition(&self, p: usize) -> Box<dyn Iterator<Item = (&K, Vec<V>)> + '_> {
+        match self {
+            NewBatch::Grouped(data) if p < data.num_partitions() => {
+                Box::new(data.partition(p).iter().map(|(k, vs)| (k, vs.clone())))
+            }
+            NewBatch::Unique(data) if p < data.num_partitions() => {
+                Box::new(data.partition(p).iter().map(|(k, v)| (k, vec![v.clone()])))
+            }
+            _ => Box::new(std::iter::empty()),
+        }
+    }
 }
 
 struct UpdateState<K, V, S> {
     id: OperatorId,
     label: String,
     slide_ms: u64,
-    parent: Arc<NodeCell<(K, Vec<V>)>>,
+    partitions: usize,
+    new_values: NewValues<K, V>,
     f: Box<UpdateFn<V, S>>,
-    state: Mutex<KeyedState<K, S>>,
+    /// Every value is `Some` between batches; `None` only while a batch updates a key (its
+    /// state is moved into `f`) or marks it for removal.
+    state: Mutex<KeyedState<K, Option<S>>>,
 }
 
 impl<K: Key, V: Data, S: Data> UpdateState<K, V, S> {
-    fn update_partition(
+    /// Updates one partition's state in place with the batch's values (`new`, one entry per
+    /// key). Every key gets one call of `f`: keys with new values, then the other existing
+    /// keys with none (as Spark). The order afterwards is the one a fresh map would have:
+    /// existing keys in state order (without the removed ones), then new keys in batch
+    /// order. In place because the state is the largest thing a batch holds: a second map
+    /// per batch (the old one kept until the new one was built) was a whole copy of the
+    /// state at the batch-time peak of memory.
+    fn update_partition<'a>(
         &self,
-        old: StableIndexMap<K, S>,
-        new: &[(K, Vec<V>)],
-    ) -> StableIndexMap<K, S> {
-        let index: StdHashMap<&K, usize, crate::hash::StableState> =
-            new.iter().enumerate().map(|(i, (k, _))| (k, i)).collect();
-        let mut values: Vec<Option<Vec<V>>> = new.iter().map(|(_, vs)| Some(vs.clone())).collect();
-        let mut out =
-            StableIndexMap::with_capacity_and_hasher(old.len() + new.len(), Default::default());
-        // Existing keys first, in state order (with or without new values, as Spark), then
-        // new keys in batch order.
-        for (k, s) in old {
-            let vs = index
-                .get(&k)
-                .and_then(|&i| values[i].take())
-                .unwrap_or_default();
-            if let Some(s) = (self.f)(vs, Some(s)) {
-                out.insert(k, s);
+        state: &mut StableIndexMap<K, Option<S>>,
+        new: impl Iterator<Item = (&'a K, Vec<V>)>,
+    ) where
+        K: 'a,
+    {
+        let existing = state.len();
+        let mut updated = vec![false; existing];
+        for (k, vs) in new {
+            match state.get_index_of(k) {
+                Some(i) => {
+                    if let Some(seen) = updated.get_mut(i) {
+                        *seen = true;
+                    }
+                    if let Some((_, slot)) = state.get_index_mut(i) {
+                        *slot = (self.f)(vs, slot.take());
+                    }
+                }
+                None => {
+                    if let Some(s) = (self.f)(vs, None) {
+                        state.insert(detached_key(k), Some(s));
+                    }
+                }
             }
         }
-        for ((k, _), vs) in new.iter().zip(values) {
-            if let Some(s) = vs.and_then(|vs| (self.f)(vs, None)) {
-                out.insert(detached_key(k), s);
+        for (i, seen) in updated.into_iter().enumerate() {
+            if !seen && let Some((_, slot)) = state.get_index_mut(i) {
+                *slot = (self.f)(Vec::new(), slot.take());
             }
         }
-        out
+        // Keeps the order of the others (unlike a swap remove).
+        state.retain(|_, slot| slot.is_some());
     }
 }
 
@@ -405,48 +495,64 @@ where
 {
     fn compute(&self, cx: &BatchCx, time: BatchTime) -> Result<BatchData<(K, S)>> {
         let op = &*self.0;
-        let new = op.parent.get(cx, time)?.unwrap_or_default();
+        let new = match &op.new_values {
+            NewValues::Grouped(node) => NewBatch::Grouped(node.get(cx, time)?.unwrap_or_default()),
+            NewValues::Unique(node) => NewBatch::Unique(node.get(cx, time)?.unwrap_or_default()),
+        };
         let mut state = lock(&op.state);
         if state.time.is_some() && state.time != time.checked_minus_millis(op.slide_ms) {
             return Err(state_time_error(op, time, state.time, op.slide_ms));
         }
-        let old = std::mem::take(&mut state.parts);
-        let empty: Vec<(K, Vec<V>)> = Vec::new();
-        let updated: std::result::Result<Vec<StableIndexMap<K, S>>, String> = catch(|| {
+        state.check_whole(op)?;
+        let parts = &mut state.parts;
+        let updated = catch(|| {
             cx.pool.install(|| {
-                old.into_par_iter()
+                parts
+                    .par_iter_mut()
                     .enumerate()
-                    .map(|(p, part)| {
-                        let batch = if p < new.num_partitions() {
-                            new.partition(p)
-                        } else {
-                            &empty
-                        };
-                        op.update_partition(part, batch)
-                    })
-                    .collect()
+                    .for_each(|(p, part)| op.update_partition(part, new.partition(p)))
             })
         });
-        let parts = updated.map_err(|m| Error::Job {
-            batch_time: time,
-            operator: op.label.clone(),
-            message: m,
-        })?;
-        let out = parts
+        if let Err(message) = updated {
+            state.failed = Some(message.clone());
+            return Err(Error::Job {
+                batch_time: time,
+                operator: op.label.clone(),
+                message,
+            });
+        }
+        // Every value is `Some` again (the update removed the others): exact capacities.
+        let out = state
+            .parts
             .iter()
-            .map(|m| m.iter().map(|(k, s)| (k.clone(), s.clone())).collect())
+            .map(|m| {
+                let mut records = Vec::with_capacity(m.len());
+                records.extend(
+                    m.iter()
+                        .filter_map(|(k, s)| s.as_ref().map(|s| (k.clone(), s.clone()))),
+                );
+                records
+            })
             .collect();
-        state.parts = parts;
         state.time = Some(time);
         Ok(BatchData::from_partitions(out))
     }
 
     fn parents(&self) -> Vec<(Arc<dyn AnyNode>, u64)> {
-        vec![(Arc::clone(&self.0.parent) as Arc<dyn AnyNode>, 0)]
+        let parent: Arc<dyn AnyNode> = match &self.0.new_values {
+            NewValues::Grouped(node) => Arc::clone(node) as Arc<dyn AnyNode>,
+            NewValues::Unique(node) => Arc::clone(node) as Arc<dyn AnyNode>,
+        };
+        vec![(parent, 0)]
     }
 
     fn stateful(&self) -> Option<Arc<dyn StatefulOp>> {
         Some(Arc::clone(&self.0) as Arc<dyn StatefulOp>)
+    }
+
+    /// The state's maps are keyed and partitioned by `partition_of_key`.
+    fn unique_keys_in_partitions(&self) -> Option<usize> {
+        Some(self.0.partitions)
     }
 }
 
@@ -479,11 +585,16 @@ where
 
     fn snapshot(&self, time: BatchTime) -> Result<StateSnapshot> {
         let state = lock(&self.state);
+        state.check_whole(self)?;
         let body = KeyedBody {
             partitions: state
                 .parts
                 .iter()
-                .map(|m| m.iter().map(|(k, s)| (k.clone(), s.clone())).collect())
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(k, s)| s.as_ref().map(|s| (k.clone(), s.clone())))
+                        .collect()
+                })
                 .collect(),
         };
         encode_state::<K, S, _>(self, time, state.time, &body)
@@ -494,9 +605,9 @@ where
         let partitions = lock(&self.state).parts.len().max(1);
         let parts = repartition_entries(body.partitions, partitions)
             .into_iter()
-            .map(|entries| entries.into_iter().collect())
+            .map(|entries| entries.into_iter().map(|(k, s)| (k, Some(s))).collect())
             .collect();
-        *lock(&self.state) = KeyedState { time, parts };
+        *lock(&self.state) = KeyedState::new(time, parts);
         Ok(())
     }
 }
@@ -728,6 +839,7 @@ where
         if state.time.is_some() && state.time != time.checked_minus_millis(op.slide_ms) {
             return Err(state_time_error(op, time, state.time, op.slide_ms));
         }
+        state.check_whole(op)?;
         let empty: Vec<(K, V)> = Vec::new();
         let parts = &mut state.parts;
         let outputs: std::result::Result<Vec<Vec<U>>, String> = catch(|| {
@@ -746,10 +858,14 @@ where
                     .collect()
             })
         });
-        let outputs = outputs.map_err(|m| Error::Job {
-            batch_time: time,
-            operator: op.label.clone(),
-            message: m,
+        let outputs = outputs.map_err(|message| {
+            // The maps are updated in place: a panic leaves them half updated.
+            state.failed = Some(message.clone());
+            Error::Job {
+                batch_time: time,
+                operator: op.label.clone(),
+                message,
+            }
         })?;
         state.time = Some(time);
         if op.keep_snapshots.load(std::sync::atomic::Ordering::Relaxed) {
@@ -803,6 +919,7 @@ where
 
     fn snapshot(&self, time: BatchTime) -> Result<StateSnapshot> {
         let state = lock(&self.state);
+        state.check_whole(self)?;
         let body = KeyedBody {
             partitions: state
                 .parts
@@ -824,7 +941,7 @@ where
             .into_iter()
             .map(|entries| entries.into_iter().collect())
             .collect();
-        *lock(&self.state) = KeyedState { time, parts };
+        *lock(&self.state) = KeyedState::new(time, parts);
         Ok(())
     }
 }
