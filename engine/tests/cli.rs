@@ -127,6 +127,39 @@ fn demo_runs_the_word_count_and_checks_it() {
     );
 }
 
+/// The demo's last batch runs when the generator's stream ends: with 10-minute batches it
+/// would otherwise wait for its grid time, 10 minutes after the start (the test gives up,
+/// and kills it, after 2).
+#[test]
+fn demo_ends_with_the_stream_not_at_the_next_grid_point() {
+    let mut child = ember()
+        .args(["demo", "--lines", "20000", "--batch-ms", "600000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("ember demo still running after 120 s: it waited for the batch grid");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("every count equals the generator's expected count")
+            && stdout.contains("OK"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn sigterm_stops_a_running_pipeline_gracefully() {
     signal_stops_a_running_pipeline_gracefully("TERM", 143);

@@ -105,6 +105,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             );
         })),
     }));
+    // The last batch runs as soon as the generator's stream has ended, not at its grid time.
+    ctx.add_listener(Arc::new(wordcount::StopAtEndOfStream {
+        stop: ctx.stop_handle(),
+    }));
     ctx.stop_on_signals()?;
     ctx.start()?;
     ctx.await_termination().context("the pipeline failed")?;

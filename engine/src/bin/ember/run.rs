@@ -259,7 +259,7 @@ fn wordcount_main(args: WordcountArgs) -> anyhow::Result<ExitCode> {
     });
     ctx.add_listener(Arc::clone(&completion) as Arc<dyn engine::StreamingListener>);
     if args.stop_at_end_of_stream {
-        ctx.add_listener(Arc::new(StopAtEndOfStream {
+        ctx.add_listener(Arc::new(wordcount::StopAtEndOfStream {
             stop: ctx.stop_handle(),
         }));
     }
@@ -581,26 +581,6 @@ impl LostLedger {
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .sum()
-    }
-}
-
-/// `--stop-at-end-of-stream`: once the socket receiver has stopped at the end of its
-/// stream, nothing more will arrive, so the run stops gracefully. The receiver has stored
-/// every line it read before it reports `Stopped`; with every receiver stopped, the engine
-/// runs the last (open) batch at once rather than at its grid time.
-struct StopAtEndOfStream {
-    stop: engine::StopHandle,
-}
-
-impl engine::StreamingListener for StopAtEndOfStream {
-    fn on_receiver_state(&self, receiver: &engine::ReceiverInfo) {
-        if receiver.state == engine::ReceiverState::Stopped && receiver.ends_of_stream > 0 {
-            tracing::info!(
-                records = receiver.records,
-                "the source ended its stream; stopping"
-            );
-            self.stop.request_stop(true);
-        }
     }
 }
 

@@ -121,6 +121,27 @@ impl StreamingListener for Monitor {
     }
 }
 
+/// `ember run wordcount --stop-at-end-of-stream` and `ember demo`: once the socket receiver
+/// has stopped at the end of its stream, nothing more will arrive, so the run stops
+/// gracefully. The receiver has stored every line it read before it reports `Stopped`; with
+/// every receiver stopped, the engine runs the last (open) batch at once rather than at its
+/// grid time.
+pub struct StopAtEndOfStream {
+    pub stop: engine::StopHandle,
+}
+
+impl engine::StreamingListener for StopAtEndOfStream {
+    fn on_receiver_state(&self, receiver: &engine::ReceiverInfo) {
+        if receiver.state == engine::ReceiverState::Stopped && receiver.ends_of_stream > 0 {
+            tracing::info!(
+                records = receiver.records,
+                "the source ended its stream; stopping"
+            );
+            self.stop.request_stop(true);
+        }
+    }
+}
+
 /// Builds the word count with a running total: the pipeline of the benchmark, written as a
 /// user would. Returns where the latest totals are kept.
 pub fn build(
