@@ -31,6 +31,18 @@ fuzz_target!(|input: Input<'_>| {
             let mut lines = Vec::new();
             let decoded =
                 LinesCodec.decode(&Bytes::copy_from_slice(data), &mut |s| lines.push(s));
+            // The chunked decoder (what the engine's stages use) gives the same records.
+            let mut chunked = Vec::new();
+            let chunk = data.len() % 7 + 1;
+            let decoded_in_chunks =
+                LinesCodec.decode_chunks(&Bytes::copy_from_slice(data), chunk, &mut |c| {
+                    assert!(!c.is_empty() && c.len() <= chunk);
+                    chunked.append(c);
+                });
+            assert_eq!(decoded_in_chunks.is_ok(), decoded.is_ok());
+            if decoded.is_ok() {
+                assert_eq!(chunked, lines);
+            }
             match decoded {
                 Ok(n) => {
                     assert!(std::str::from_utf8(data).is_ok());
