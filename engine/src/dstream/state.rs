@@ -458,6 +458,10 @@ impl<K: Key, V: Data, S: Data> UpdateState<K, V, S> {
     {
         let existing = state.len();
         let mut updated = vec![false; existing];
+        // New keys are added after the removals, with room for exactly them: a map grown
+        // by doubling keeps up to half its entries' room unused for as long as it lives.
+        // (`new` has each key once, so a key is never both pending and added.)
+        let mut added: Vec<(K, S)> = Vec::new();
         for (k, vs) in new {
             match state.get_index_of(k) {
                 Some(i) => {
@@ -470,7 +474,7 @@ impl<K: Key, V: Data, S: Data> UpdateState<K, V, S> {
                 }
                 None => {
                     if let Some(s) = (self.f)(vs, None) {
-                        state.insert(detached_key(k), Some(s));
+                        added.push((detached_key(k), s));
                     }
                 }
             }
@@ -482,6 +486,10 @@ impl<K: Key, V: Data, S: Data> UpdateState<K, V, S> {
         }
         // Keeps the order of the others (unlike a swap remove).
         state.retain(|_, slot| slot.is_some());
+        state.reserve_exact(added.len());
+        for (k, s) in added {
+            state.insert(k, Some(s));
+        }
     }
 }
 
