@@ -13,9 +13,9 @@ use bytes::Bytes;
 use engine::clock::BoxFuture;
 use engine::scheduler::{Allocation, RestoredState};
 use engine::{
-    BatchInfo, BatchTime, Block, BlockId, Config, ManualClock, MetadataLog, ReceivedBlockHandler,
-    Receiver, ReceiverContext, Restore, StateSnapshot, StoredBlock, Str, StreamingContext,
-    StreamingListener,
+    BatchInfo, BatchTime, Block, BlockId, Config, DStream, ManualClock, MetadataLog,
+    ReceivedBlockHandler, Receiver, ReceiverContext, Restore, StateSnapshot, StoredBlock, Str,
+    StreamingContext, StreamingListener,
 };
 
 /// Keeps every block, forever (a stand-in for durable storage).
@@ -377,6 +377,24 @@ fn snapshots_of_another_graph_are_refused_clearly() {
     );
 }
 
+/// A context whose only input is a `Lines` receiver that is never fed (for building graphs
+/// to describe, not to run).
+fn lines_only() -> (StreamingContext, DStream<Str>) {
+    let ctx = StreamingContext::new(Config::new(Duration::from_secs(1))).unwrap();
+    let (_input, rx) = mpsc::channel();
+    let (stored, _) = mpsc::channel();
+    let lines = ctx
+        .receiver_stream(
+            "lines",
+            Lines {
+                batches: Arc::new(Mutex::new(rx)),
+                stored,
+            },
+        )
+        .unwrap();
+    (ctx, lines)
+}
+
 #[test]
 fn the_graph_description_is_stable_and_names_state_types() {
     let tmp = tempfile::tempdir().unwrap();
@@ -423,18 +441,7 @@ fn the_graph_description_is_stable_and_names_state_types() {
 
     // Another narrow operator before the shuffle changes every id downstream of it, so a
     // snapshot of the old graph's state is not restored into the new one.
-    let ctx = StreamingContext::new(Config::new(Duration::from_secs(1))).unwrap();
-    let (_input, rx) = mpsc::channel();
-    let (stored, _) = mpsc::channel();
-    let lines = ctx
-        .receiver_stream(
-            "lines",
-            Lines {
-                batches: Arc::new(Mutex::new(rx)),
-                stored,
-            },
-        )
-        .unwrap();
+    let (ctx, lines) = lines_only();
     lines
         .flat_map(|l| l.split(' '))
         .filter(|w| !w.is_empty())
@@ -449,18 +456,7 @@ fn the_graph_description_is_stable_and_names_state_types() {
     assert_ne!(b[2].id, a[2].id, "the state's lineage changed");
 
     // With another partition count than the reduce's, the state groups its input itself.
-    let ctx = StreamingContext::new(Config::new(Duration::from_secs(1))).unwrap();
-    let (_input, rx) = mpsc::channel();
-    let (stored, _) = mpsc::channel();
-    let lines = ctx
-        .receiver_stream(
-            "lines",
-            Lines {
-                batches: Arc::new(Mutex::new(rx)),
-                stored,
-            },
-        )
-        .unwrap();
+    let (ctx, lines) = lines_only();
     lines
         .flat_map(|l| l.split(' '))
         .map(|w| (w, 1u64))
