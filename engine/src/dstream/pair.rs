@@ -361,41 +361,25 @@ struct Combine<K, V, S, C> {
 impl<K: Key, V: Data, S: Data, C: Data> Compute<(K, C)> for Combine<K, V, S, C> {
     fn compute(&self, cx: &BatchCx, time: BatchTime) -> Result<BatchData<(K, C)>> {
         let mut branches = self.runner.branch_results(cx, time)?;
-        let merged: Arc<Partials<K, S>> = match branches.len() {
+        let merged: Partials<K, S> = match branches.len() {
             1 => branches.remove(0),
-            _ => Arc::new(self.runner.fold(branches)),
+            _ => self.runner.fold(branches),
         };
-        // Each partition's map becomes its records, in the map's order (a map's `iter` and
-        // `into_iter` visit its entries alike). A fold this batch owns is consumed, each map
-        // freed as its records are made, so the batch never holds both in full.
-        let finish = |map_len: usize, entries: &mut dyn Iterator<Item = (K, S)>| {
-            let mut records = Vec::with_capacity(map_len);
-            records.extend(entries.filter_map(|(k, s)| (self.finish)(s).map(|c| (k, c))));
+        // Each partition's map becomes its records, in the map's order, and is freed as
+        // they are made: the batch never holds both in full.
+        let output = |map: HashMap<K, S>| -> Vec<(K, C)> {
+            let mut records = Vec::with_capacity(map.len());
+            records.extend(
+                map.into_iter()
+                    .filter_map(|(k, s)| (self.finish)(s).map(|c| (k, c))),
+            );
             records
         };
-        let mut parts: Vec<Vec<(K, C)>> = match Arc::try_unwrap(merged) {
-            Ok(owned) => {
-                let output = |map: HashMap<K, S>| finish(map.len(), &mut map.into_iter());
-                if owned.len() <= 1 {
-                    owned.into_iter().map(output).collect()
-                } else {
-                    cx.pool
-                        .install(|| owned.into_par_iter().map(output).collect())
-                }
-            }
-            Err(shared) => {
-                let output = |map: &HashMap<K, S>| {
-                    finish(
-                        map.len(),
-                        &mut map.iter().map(|(k, s)| (k.clone(), s.clone())),
-                    )
-                };
-                if shared.len() <= 1 {
-                    shared.iter().map(output).collect()
-                } else {
-                    cx.pool.install(|| shared.par_iter().map(output).collect())
-                }
-            }
+        let mut parts: Vec<Vec<(K, C)>> = if merged.len() <= 1 {
+            merged.into_iter().map(output).collect()
+        } else {
+            cx.pool
+                .install(|| merged.into_par_iter().map(output).collect())
         };
         // A fold starts from `partitions` maps, so this only guards the output's shape.
         parts.resize_with(self.partitions, Vec::new);

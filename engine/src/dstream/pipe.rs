@@ -443,7 +443,7 @@ impl<T: 'static, R: Send + Sync + 'static> BlockCache<T, R> {
         stream: StreamId,
         batch: BatchTime,
         blocks: &[StoredBlock],
-    ) -> Result<Option<std::result::Result<Arc<R>, String>>> {
+    ) -> Result<Option<std::result::Result<R, String>>> {
         let Some(folding) = &self.folding else {
             return Ok(None);
         };
@@ -502,7 +502,7 @@ impl<T: 'static, R: Send + Sync + 'static> BlockCache<T, R> {
         };
         let acc = std::mem::replace(&mut fold.acc, (folding.empty)());
         fold.taken = true;
-        Ok(Some(Ok(Arc::new(acc))))
+        Ok(Some(Ok(acc)))
     }
 }
 
@@ -676,11 +676,12 @@ impl<T: Data, R: Send + Sync + 'static> UnitRunner<T, R> {
             .collect()
     }
 
-    /// For a folding runner: one result per branch, each the fold of the branch's units in
-    /// order (for an input branch, the fold made as its blocks arrived, when there is one).
-    pub fn branch_results(&self, cx: &BatchCx, time: BatchTime) -> Result<Vec<Arc<R>>> {
+    /// One result per branch, each the fold of the branch's units in order (for an input
+    /// branch, the fold made as its blocks arrived, when there is one), owned by the caller
+    /// (a folding runner only).
+    pub fn branch_results(&self, cx: &BatchCx, time: BatchTime) -> Result<Vec<R>> {
         let Some(folding) = &self.folding else {
-            return self.results(cx, time);
+            unreachable!("branch_results called on a runner without folding");
         };
         let mut out = Vec::with_capacity(self.branches.len());
         for (index, (branch, cache)) in self.branches.iter().enumerate() {
@@ -701,19 +702,19 @@ impl<T: Data, R: Send + Sync + 'static> UnitRunner<T, R> {
             for unit in units {
                 folding.add_shared(&mut acc, unit);
             }
-            out.push(Arc::new(acc));
+            out.push(acc);
         }
         Ok(out)
     }
 
     /// The fold of `results` from empty, in order (a folding runner only).
-    pub fn fold(&self, results: Vec<Arc<R>>) -> R {
+    pub fn fold(&self, results: Vec<R>) -> R {
         let Some(folding) = &self.folding else {
             unreachable!("fold called on a runner without folding");
         };
         let mut acc = (folding.empty)();
         for r in results {
-            folding.add_shared(&mut acc, r);
+            (folding.add_owned)(&mut acc, r);
         }
         acc
     }
