@@ -396,6 +396,24 @@ impl<K, E> KeyedState<K, E> {
     }
 }
 
+impl<K: Clone, S: Clone> KeyedState<K, Option<S>> {
+    /// `update_state_by_key`'s state as entries, per partition, in state order (its output
+    /// and its snapshot). Between batches every value is `Some`, so the capacities are exact.
+    fn entries(&self) -> Vec<Vec<(K, S)>> {
+        self.parts
+            .iter()
+            .map(|m| {
+                let mut entries = Vec::with_capacity(m.len());
+                entries.extend(
+                    m.iter()
+                        .filter_map(|(k, s)| s.as_ref().map(|s| (k.clone(), s.clone()))),
+                );
+                entries
+            })
+            .collect()
+    }
+}
+
 /// Where `update_state_by_key` takes a batch's new values from.
 enum NewValues<K, V> {
     /// The stream grouped by key into the state's partitions (a `group_by_key`).
@@ -529,19 +547,7 @@ where
                 message,
             });
         }
-        // Every value is `Some` again (the update removed the others): exact capacities.
-        let out = state
-            .parts
-            .iter()
-            .map(|m| {
-                let mut records = Vec::with_capacity(m.len());
-                records.extend(
-                    m.iter()
-                        .filter_map(|(k, s)| s.as_ref().map(|s| (k.clone(), s.clone()))),
-                );
-                records
-            })
-            .collect();
+        let out = state.entries();
         state.time = Some(time);
         Ok(BatchData::from_partitions(out))
     }
@@ -595,15 +601,7 @@ where
         let state = lock(&self.state);
         state.check_whole(self)?;
         let body = KeyedBody {
-            partitions: state
-                .parts
-                .iter()
-                .map(|m| {
-                    m.iter()
-                        .filter_map(|(k, s)| s.as_ref().map(|s| (k.clone(), s.clone())))
-                        .collect()
-                })
-                .collect(),
+            partitions: state.entries(),
         };
         encode_state::<K, S, _>(self, time, state.time, &body)
     }
