@@ -1,5 +1,5 @@
 //! The `ember` word-count commands as an operator runs them: the benchmark's JSON line, the
-//! demo, and a graceful stop of a real process by SIGTERM.
+//! demo, and a graceful stop of a real process by SIGTERM (and its timeout).
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
@@ -166,80 +166,115 @@ fn sigint_stops_a_running_pipeline_gracefully() {
     signal_stops_a_running_pipeline_gracefully("INT", 130);
 }
 
+/// A streaming `ember run wordcount` over `ember gen --stream` that has completed two
+/// non-empty batches (logging at info, so its stderr says so).
+struct RunningWordcount {
+    /// Holds `out` and `metrics`.
+    _dir: tempfile::TempDir,
+    generator: std::process::Child,
+    run: std::process::Child,
+    stderr: std::io::Lines<BufReader<std::process::ChildStderr>>,
+    out: std::path::PathBuf,
+    metrics: std::path::PathBuf,
+}
+
+impl RunningWordcount {
+    /// Starts the pair, `extra` added to `ember run wordcount`'s flags, and waits for two
+    /// completed batches.
+    fn start(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut generator = ember()
+            .args([
+                "gen",
+                "--port",
+                "0",
+                "--lines",
+                "20000000",
+                "--stream",
+                "--close-timeout-s",
+                "5",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut ready = String::new();
+        BufReader::new(generator.stdout.take().unwrap())
+            .read_line(&mut ready)
+            .unwrap();
+        let port = ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("port="))
+            .unwrap()
+            .to_owned();
+        let (out, metrics) = (
+            dir.path().join("counts.tsv"),
+            dir.path().join("metrics.json"),
+        );
+        let mut run = ember()
+            .args([
+                "run",
+                "wordcount",
+                "--source",
+                &format!("tcp://127.0.0.1:{port}"),
+                "--lines",
+                "20000000",
+                "--batch-ms",
+                "200",
+            ])
+            .args(extra)
+            .arg("--out")
+            .arg(&out)
+            .arg("--metrics")
+            .arg(&metrics)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(run.stderr.take().unwrap()).lines();
+        let mut completed = 0;
+        while completed < 2 {
+            let line = stderr.next().unwrap().unwrap();
+            if line.contains("batch completed") && !line.contains("records=0") {
+                completed += 1;
+            }
+        }
+        RunningWordcount {
+            _dir: dir,
+            generator,
+            run,
+            stderr,
+            out,
+            metrics,
+        }
+    }
+
+    /// Sends SIG`signal` to the run and waits for it: its exit status and the rest of its
+    /// stderr.
+    fn signal_and_wait(&mut self, signal: &str) -> (std::process::ExitStatus, Vec<String>) {
+        assert!(
+            Command::new("kill")
+                .args([&format!("-{signal}"), &self.run.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let rest: Vec<String> = self.stderr.by_ref().map(|l| l.unwrap()).collect();
+        let status = self.run.wait().unwrap();
+        let _ = self.generator.kill();
+        let _ = self.generator.wait();
+        (status, rest)
+    }
+}
+
 /// Sends SIG`signal` to a running `ember run wordcount` after two batches; it must stop
 /// gracefully (every received line processed and counted once) with exit 128 + signo.
 fn signal_stops_a_running_pipeline_gracefully(signal: &str, exit_code: i32) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut generator = ember()
-        .args([
-            "gen",
-            "--port",
-            "0",
-            "--lines",
-            "20000000",
-            "--stream",
-            "--close-timeout-s",
-            "5",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    BufReader::new(generator.stdout.take().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
-    let port = ready
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("port="))
-        .unwrap()
-        .to_owned();
-    let (out, metrics) = (
-        dir.path().join("counts.tsv"),
-        dir.path().join("metrics.json"),
-    );
-    let mut run = ember()
-        .args([
-            "run",
-            "wordcount",
-            "--source",
-            &format!("tcp://127.0.0.1:{port}"),
-            "--lines",
-            "20000000",
-            "--batch-ms",
-            "200",
-        ])
-        .arg("--out")
-        .arg(&out)
-        .arg("--metrics")
-        .arg(&metrics)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait for two completed batches, then ask it to stop.
-    let stderr = BufReader::new(run.stderr.take().unwrap());
-    let mut lines = stderr.lines();
-    let mut completed = 0;
-    while completed < 2 {
-        let line = lines.next().unwrap().unwrap();
-        if line.contains("batch completed") && !line.contains("records=0") {
-            completed += 1;
-        }
-    }
+    let mut running = RunningWordcount::start(&[]);
     let sent = Instant::now();
-    assert!(
-        Command::new("kill")
-            .args([&format!("-{signal}"), &run.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
-    let status = run.wait().unwrap();
-    let _ = generator.kill();
-    let _ = generator.wait();
+    let (status, rest) = running.signal_and_wait(signal);
+    let (out, metrics) = (&running.out, &running.metrics);
     assert_eq!(status.code(), Some(exit_code), "{}", rest.join("\n"));
     assert!(
         sent.elapsed() < Duration::from_secs(10),
@@ -254,10 +289,10 @@ fn signal_stops_a_running_pipeline_gracefully(signal: &str, exit_code: i32) {
     );
     // Everything received was processed: the counts add up to exactly the lines processed.
     let m: serde_json::Value =
-        serde_json::from_str(std::fs::read_to_string(&metrics).unwrap().trim()).unwrap();
+        serde_json::from_str(std::fs::read_to_string(metrics).unwrap().trim()).unwrap();
     let lines_done = m["lines"].as_u64().unwrap();
     assert!(lines_done > 0 && lines_done < 20_000_000, "{lines_done}");
-    let words: u64 = std::fs::read_to_string(&out)
+    let words: u64 = std::fs::read_to_string(out)
         .unwrap()
         .lines()
         .map(|l| l.split('\t').nth(1).unwrap().parse::<u64>().unwrap())
@@ -266,5 +301,24 @@ fn signal_stops_a_running_pipeline_gracefully(signal: &str, exit_code: i32) {
         words,
         lines_done * 10,
         "every processed line counted, each exactly once"
+    );
+}
+
+/// `--graceful-stop-timeout-ms` reaches the driver: a graceful stop that cannot finish in
+/// 1 ms (the receiver must stop, flush its block, and the last batch must run) becomes an
+/// immediate one, and the run fails naming the setting, instead of exiting as stopped.
+#[test]
+fn a_graceful_stop_past_its_timeout_fails_and_names_the_setting() {
+    let mut running = RunningWordcount::start(&["--graceful-stop-timeout-ms", "1"]);
+    let (status, rest) = running.signal_and_wait("TERM");
+    let stderr = rest.join("\n");
+    assert!(
+        !status.success() && status.code() != Some(143),
+        "{status}: {stderr}"
+    );
+    assert!(
+        stderr.contains("graceful stop timed out after 1 ms")
+            && stderr.contains("graceful_stop_timeout_ms"),
+        "{stderr}"
     );
 }

@@ -72,6 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         block_interval_ms: None,
         block_size_max_bytes: Some(crate::wordcount::IN_MEMORY_BLOCK_SIZE_MAX_BYTES),
         receiver_queue_blocks_max: None,
+        graceful_stop_timeout_ms: None,
     };
     let ctx = StreamingContext::new(settings.config())?;
     // The generator serves one connection: when it ends, the source is exhausted.

@@ -112,6 +112,13 @@ pub struct WordcountArgs {
     /// Give up (exit 3) if the lines have not all been processed after this long.
     #[arg(long, default_value_t = 900)]
     timeout_s: u64,
+    /// A graceful stop (on reaching --lines, on SIGTERM or SIGINT) runs every batch already
+    /// generated; past this many milliseconds it becomes an immediate stop and the run
+    /// fails (the batches left stay pending for a restart) [default: ten batch intervals,
+    /// Spark's]. Raise it where batches can fall behind the grid, so that a SIGTERM with a
+    /// backlog still ends cleanly.
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    graceful_stop_timeout_ms: Option<u64>,
     /// When the source closes the connection cleanly, stop instead of reconnecting: what was
     /// received is processed (a graceful stop; its last batch runs at once, at its grid
     /// time, instead of waiting for the clock), and the run fails (exit 3) if fewer than
@@ -199,6 +206,7 @@ fn wordcount_main(args: WordcountArgs) -> anyhow::Result<ExitCode> {
             block_interval_ms: args.block_interval_ms,
             block_size_max_bytes: args.block_size_max_bytes,
             receiver_queue_blocks_max: args.receiver_queue_blocks_max,
+            graceful_stop_timeout_ms: args.graceful_stop_timeout_ms,
         };
         return crate::kafka::wordcount(crate::kafka::Run {
             source: args.source,
@@ -223,6 +231,7 @@ fn wordcount_main(args: WordcountArgs) -> anyhow::Result<ExitCode> {
             .or((args.durability == Mode::Ignore)
                 .then_some(wordcount::IN_MEMORY_BLOCK_SIZE_MAX_BYTES)),
         receiver_queue_blocks_max: args.receiver_queue_blocks_max,
+        graceful_stop_timeout_ms: args.graceful_stop_timeout_ms,
     };
     let mut config = settings.config();
     config.receiver_max_rate_records_per_sec = args.max_rate;

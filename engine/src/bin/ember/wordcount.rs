@@ -35,6 +35,8 @@ pub struct Settings {
     pub block_interval_ms: Option<u64>,
     pub block_size_max_bytes: Option<usize>,
     pub receiver_queue_blocks_max: Option<usize>,
+    /// `None`: the engine's default (ten batch intervals).
+    pub graceful_stop_timeout_ms: Option<u64>,
 }
 
 impl Settings {
@@ -56,6 +58,9 @@ impl Settings {
         }
         if let Some(q) = self.receiver_queue_blocks_max {
             config.receiver_queue_blocks_max = q;
+        }
+        if let Some(t) = self.graceful_stop_timeout_ms {
+            config.graceful_stop_timeout_ms = Some(t);
         }
         config
     }
