@@ -114,9 +114,9 @@ pub struct WordcountArgs {
     timeout_s: u64,
     /// A graceful stop (on reaching --lines, on SIGTERM or SIGINT) runs every batch already
     /// generated; past this many milliseconds it becomes an immediate stop and the run
-    /// fails (the batches left stay pending for a restart) [default: ten batch intervals,
-    /// Spark's]. Raise it where batches can fall behind the grid, so that a SIGTERM with a
-    /// backlog still ends cleanly.
+    /// fails (a restartable run, with --checkpoint or from Kafka's stored offsets, does the
+    /// batches left when restarted) [default: ten batch intervals, Spark's]. Raise it where
+    /// batches can fall behind the grid, so that a SIGTERM with a backlog still ends cleanly.
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     graceful_stop_timeout_ms: Option<u64>,
     /// When the source closes the connection cleanly, stop instead of reconnecting: what was
