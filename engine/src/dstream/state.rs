@@ -380,6 +380,39 @@ impl<K, E> KeyedState<K, E> {
         }
     }
 
+    /// Runs batch `time`'s update of the maps in place (`update`, its panics caught): only
+    /// on a whole state at the previous batch (`slide_ms` earlier). The state is then at
+    /// `time`, or, if `update` panicked part way through, failed (see `failed`); the error
+    /// names the operator by `label`.
+    fn update_batch<R>(
+        &mut self,
+        op: &dyn StatefulOp,
+        label: &str,
+        time: BatchTime,
+        slide_ms: u64,
+        update: impl FnOnce(&mut [StableIndexMap<K, E>]) -> R,
+    ) -> Result<R> {
+        if self.time.is_some() && self.time != time.checked_minus_millis(slide_ms) {
+            return Err(state_time_error(op, time, self.time, slide_ms));
+        }
+        self.check_whole(op)?;
+        let parts = &mut self.parts;
+        match catch(|| update(parts)) {
+            Ok(r) => {
+                self.time = Some(time);
+                Ok(r)
+            }
+            Err(message) => {
+                self.failed = Some(message.clone());
+                Err(Error::Job {
+                    batch_time: time,
+                    operator: label.to_owned(),
+                    message,
+                })
+            }
+        }
+    }
+
     /// Refuses a state a failed batch left half updated (see `failed`).
     fn check_whole(&self, op: &dyn StatefulOp) -> Result<()> {
         match &self.failed {
@@ -526,30 +559,15 @@ where
             NewValues::Unique(node) => NewBatch::Unique(node.get(cx, time)?.unwrap_or_default()),
         };
         let mut state = lock(&op.state);
-        if state.time.is_some() && state.time != time.checked_minus_millis(op.slide_ms) {
-            return Err(state_time_error(op, time, state.time, op.slide_ms));
-        }
-        state.check_whole(op)?;
-        let parts = &mut state.parts;
-        let updated = catch(|| {
+        state.update_batch(op, &op.label, time, op.slide_ms, |parts| {
             cx.pool.install(|| {
                 parts
                     .par_iter_mut()
                     .enumerate()
                     .for_each(|(p, part)| op.update_partition(part, new.partition(p)))
             })
-        });
-        if let Err(message) = updated {
-            state.failed = Some(message.clone());
-            return Err(Error::Job {
-                batch_time: time,
-                operator: op.label.clone(),
-                message,
-            });
-        }
-        let out = state.entries();
-        state.time = Some(time);
-        Ok(BatchData::from_partitions(out))
+        })?;
+        Ok(BatchData::from_partitions(state.entries()))
     }
 
     fn parents(&self) -> Vec<(Arc<dyn AnyNode>, u64)> {
@@ -842,38 +860,24 @@ where
         let op = &*self.0;
         let batch = op.parent.get(cx, time)?.unwrap_or_default();
         let mut state = lock(&op.state);
-        if state.time.is_some() && state.time != time.checked_minus_millis(op.slide_ms) {
-            return Err(state_time_error(op, time, state.time, op.slide_ms));
-        }
-        state.check_whole(op)?;
         let empty: Vec<(K, V)> = Vec::new();
-        let parts = &mut state.parts;
-        let outputs: std::result::Result<Vec<Vec<U>>, String> = catch(|| {
-            cx.pool.install(|| {
-                parts
-                    .par_iter_mut()
-                    .enumerate()
-                    .map(|(p, map)| {
-                        let records = if p < batch.num_partitions() {
-                            batch.partition(p)
-                        } else {
-                            &empty
-                        };
-                        op.update_partition(time, map, records)
-                    })
-                    .collect()
-            })
-        });
-        let outputs = outputs.map_err(|message| {
-            // The maps are updated in place: a panic leaves them half updated.
-            state.failed = Some(message.clone());
-            Error::Job {
-                batch_time: time,
-                operator: op.label.clone(),
-                message,
-            }
-        })?;
-        state.time = Some(time);
+        let outputs: Vec<Vec<U>> =
+            state.update_batch(op, &op.label, time, op.slide_ms, |parts| {
+                cx.pool.install(|| {
+                    parts
+                        .par_iter_mut()
+                        .enumerate()
+                        .map(|(p, map)| {
+                            let records = if p < batch.num_partitions() {
+                                batch.partition(p)
+                            } else {
+                                &empty
+                            };
+                            op.update_partition(time, map, records)
+                        })
+                        .collect()
+                })
+            })?;
         if op.keep_snapshots.load(std::sync::atomic::Ordering::Relaxed) {
             let snap = state
                 .parts
