@@ -980,3 +980,100 @@ where
         vec![(Arc::clone(&self.primary) as Arc<dyn AnyNode>, 0)]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Names the operator in errors; nothing else of it is used here.
+    struct Op;
+
+    impl StatefulOp for Op {
+        fn id(&self) -> OperatorId {
+            OperatorId(7)
+        }
+        fn kind(&self) -> &'static str {
+            "update_state_by_key"
+        }
+        fn state_types(&self) -> (&'static str, &'static str) {
+            ("u32", "u64")
+        }
+        fn state_time(&self) -> Option<BatchTime> {
+            None
+        }
+        fn snapshot(&self, _time: BatchTime) -> Result<StateSnapshot> {
+            Err(Error::config("snapshot", "not used by these tests"))
+        }
+        fn restore(&self, _snapshot: StateSnapshot) -> Result<()> {
+            Err(Error::config("restore", "not used by these tests"))
+        }
+    }
+
+    fn at(ms: u64) -> BatchTime {
+        BatchTime::from_millis(ms)
+    }
+
+    /// Increments every state value, panicking at key `at_key` after the keys before it.
+    fn bump(parts: &mut [StableIndexMap<u32, u64>], at_key: Option<u32>) {
+        for (k, v) in parts.iter_mut().flat_map(|m| m.iter_mut()) {
+            assert!(Some(*k) != at_key, "state update failed at key {k}");
+            *v += 1;
+        }
+    }
+
+    #[test]
+    fn a_batch_that_panics_part_way_leaves_a_state_that_is_never_used_again() {
+        let map: StableIndexMap<u32, u64> = [(1, 10), (2, 20), (3, 30)].into_iter().collect();
+        let mut state = KeyedState::new(None, vec![map]);
+        state
+            .update_batch(&Op, "op", at(1_000), 1_000, |p| bump(p, None))
+            .unwrap();
+        assert_eq!(state.time, Some(at(1_000)));
+
+        // Batches run in order from the state's batch.
+        let err = state
+            .update_batch(&Op, "op", at(3_000), 1_000, |p| bump(p, None))
+            .unwrap_err();
+        assert!(err.to_string().contains("must run in order"), "{err}");
+
+        // Key 1 is updated, then key 2 panics: the maps are half updated.
+        let err = state
+            .update_batch(&Op, "op", at(2_000), 1_000, |p| bump(p, Some(2)))
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Job { batch_time, operator, message }
+                if *batch_time == at(2_000) && operator == "op" && message.contains("key 2")),
+            "{err}"
+        );
+        assert_eq!(
+            state.time,
+            Some(at(1_000)),
+            "the failed batch is not the state's"
+        );
+        let half: Vec<u64> = state.parts[0].values().copied().collect();
+        assert_eq!(half, [12, 21, 31]);
+
+        // Neither a re-run of the batch nor a snapshot may use that state.
+        let mut ran = false;
+        let err = state
+            .update_batch(&Op, "op", at(2_000), 1_000, |_| ran = true)
+            .unwrap_err();
+        assert!(!ran, "the update ran on an incomplete state");
+        let refused = state.check_whole(&Op).unwrap_err();
+        for e in [err, refused] {
+            let text = e.to_string();
+            assert!(
+                text.contains("update_state_by_key#") && text.contains("incomplete"),
+                "{text}"
+            );
+        }
+
+        // A restore (from the last checkpoint) replaces it with a whole state.
+        let map: StableIndexMap<u32, u64> = [(1, 11)].into_iter().collect();
+        let mut state = KeyedState::new(Some(at(1_000)), vec![map]);
+        state
+            .update_batch(&Op, "op", at(2_000), 1_000, |p| bump(p, None))
+            .unwrap();
+        assert_eq!(state.parts[0][&1], 12);
+    }
+}
