@@ -6,6 +6,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use engine::workload::process::GeneratorProcess;
+
 fn ember() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ember"))
 }
@@ -171,11 +173,12 @@ fn sigint_stops_a_running_pipeline_gracefully() {
 struct RunningWordcount {
     /// Holds `out` and `metrics`.
     _dir: tempfile::TempDir,
-    generator: std::process::Child,
     run: std::process::Child,
     stderr: std::io::Lines<BufReader<std::process::ChildStderr>>,
     out: std::path::PathBuf,
     metrics: std::path::PathBuf,
+    /// The line server (`ember gen`); declared last, so dropped after the run.
+    _generator: GeneratorProcess,
 }
 
 impl RunningWordcount {
@@ -183,30 +186,13 @@ impl RunningWordcount {
     /// completed batches.
     fn start(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut generator = ember()
-            .args([
-                "gen",
-                "--port",
-                "0",
-                "--lines",
-                "20000000",
-                "--stream",
-                "--close-timeout-s",
-                "5",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut ready = String::new();
-        BufReader::new(generator.stdout.take().unwrap())
-            .read_line(&mut ready)
-            .unwrap();
-        let port = ready
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("port="))
-            .unwrap()
-            .to_owned();
+        let mut gen_command = ember();
+        gen_command
+            .args(["gen", "--port", "0", "--lines", "20000000", "--stream"])
+            .args(["--close-timeout-s", "5"])
+            .stderr(Stdio::null());
+        // Killed when dropped, after the run.
+        let generator = GeneratorProcess::spawn(gen_command, Duration::from_secs(60)).unwrap();
         let (out, metrics) = (
             dir.path().join("counts.tsv"),
             dir.path().join("metrics.json"),
@@ -216,7 +202,7 @@ impl RunningWordcount {
                 "run",
                 "wordcount",
                 "--source",
-                &format!("tcp://127.0.0.1:{port}"),
+                &format!("tcp://{}", generator.ready().addr),
                 "--lines",
                 "20000000",
                 "--batch-ms",
@@ -242,11 +228,11 @@ impl RunningWordcount {
         }
         RunningWordcount {
             _dir: dir,
-            generator,
             run,
             stderr,
             out,
             metrics,
+            _generator: generator,
         }
     }
 
@@ -262,8 +248,6 @@ impl RunningWordcount {
         );
         let rest: Vec<String> = self.stderr.by_ref().map(|l| l.unwrap()).collect();
         let status = self.run.wait().unwrap();
-        let _ = self.generator.kill();
-        let _ = self.generator.wait();
         (status, rest)
     }
 }
