@@ -153,17 +153,7 @@ fn pipeline(out: &Path, handler: Arc<KeepAll>, log: Arc<Log>) -> Run {
     let ctx = StreamingContext::with_clock(config, Arc::new(clock.clone())).unwrap();
     ctx.set_default_block_handler(handler).unwrap();
     ctx.set_metadata_log(log).unwrap();
-    let (input, rx) = mpsc::channel();
-    let (stored_tx, stored) = mpsc::channel();
-    let lines = ctx
-        .receiver_stream(
-            "lines",
-            Lines {
-                batches: Arc::new(Mutex::new(rx)),
-                stored: stored_tx,
-            },
-        )
-        .unwrap();
+    let (lines, input, stored) = lines_stream(&ctx);
     lines
         .flat_map(|l| l.split(' '))
         .map(|w| (w, 1u64))
@@ -377,21 +367,30 @@ fn snapshots_of_another_graph_are_refused_clearly() {
     );
 }
 
-/// A context whose only input is a `Lines` receiver that is never fed (for building graphs
-/// to describe, not to run).
-fn lines_only() -> (StreamingContext, DStream<Str>) {
-    let ctx = StreamingContext::new(Config::new(Duration::from_secs(1))).unwrap();
-    let (_input, rx) = mpsc::channel();
-    let (stored, _) = mpsc::channel();
+/// A `Lines` receiver stream of `ctx`, with the sender that feeds it batches of lines and
+/// the receiver of how many lines it stored of each.
+fn lines_stream(
+    ctx: &StreamingContext,
+) -> (DStream<Str>, mpsc::Sender<Vec<Str>>, mpsc::Receiver<usize>) {
+    let (input, rx) = mpsc::channel();
+    let (stored_tx, stored) = mpsc::channel();
     let lines = ctx
         .receiver_stream(
             "lines",
             Lines {
                 batches: Arc::new(Mutex::new(rx)),
-                stored,
+                stored: stored_tx,
             },
         )
         .unwrap();
+    (lines, input, stored)
+}
+
+/// A context whose only input is a `Lines` receiver that is never fed (for building graphs
+/// to describe, not to run).
+fn lines_only() -> (StreamingContext, DStream<Str>) {
+    let ctx = StreamingContext::new(Config::new(Duration::from_secs(1))).unwrap();
+    let (lines, _, _) = lines_stream(&ctx);
     (ctx, lines)
 }
 
